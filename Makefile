@@ -1,0 +1,64 @@
+# wif — see README.md. `make demo` runs the whole thing; `make test` runs every test.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT  := $(CURDIR)
+CACHE ?= $(ROOT)/.cache
+export CARGO_TARGET_DIR ?= $(ROOT)/target
+export GOCACHE ?= $(CACHE)/go/build
+export GOMODCACHE ?= $(CACHE)/go/mod
+export GOTOOLCHAIN := local
+export CARGO_TERM_COLOR ?= never
+
+WIF := $(CARGO_TARGET_DIR)/debug/wif
+WIF_RELEASE := $(CARGO_TARGET_DIR)/release/wif
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## build and run the whole chain locally, printing each step
+	@scripts/demo.sh
+
+.PHONY: test
+test: lint unit ## everything CI runs: fmt, clippy, unit tests, end-to-end tests
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: unit
+unit: ## unit, property and HTTP-level tests
+	cargo test --workspace
+
+.PHONY: build
+build: ## debug build of the wif binary
+	cargo build -p wif
+
+.PHONY: release
+release: ## optimised build of the wif binary
+	cargo build --release -p wif
+
+.PHONY: controlplane
+controlplane: ## build (or reuse) the Go test control plane
+	@e2e/controlplane/build.sh >/dev/null
+
+.PHONY: e2e
+e2e: build controlplane ## end-to-end tests through a real kube-apiserver
+	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+	  cargo test -p wif-e2e -- --test-threads=2
+
+.PHONY: bench
+bench: release ## benchmarks; results in bench/results/*.json
+	scripts/bench-webhook.sh
+
+.PHONY: fuzz
+fuzz: ## fuzz the admission decoder + mutation for FUZZ_SECONDS (default 60)
+	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
+
+.PHONY: clean
+clean: ## remove build outputs (keeps downloaded modules)
+	cargo clean

@@ -1,0 +1,118 @@
+//! Names, defaults and shared configuration types of wif.
+//!
+//! Every label, annotation, environment variable, path and default that crosses a crate boundary
+//! (or the wire) lives here, so the webhook, the controller, `wif doctor` and the tests agree on
+//! them. The values match upstream Azure Workload Identity so existing manifests keep working.
+//! This crate does no I/O.
+
+#![deny(missing_docs)]
+
+mod cloud;
+
+pub use cloud::{AuthorityHost, Cloud, CloudError};
+
+/// Prefix shared by every label and annotation wif reads.
+pub const PREFIX: &str = "azure.workload.identity/";
+
+/// Pod label that opts a pod in; only the exact value [`USE_LABEL_VALUE`] mutates.
+pub const USE_LABEL: &str = "azure.workload.identity/use";
+/// The value of [`USE_LABEL`] that opts a pod in.
+pub const USE_LABEL_VALUE: &str = "true";
+
+/// ServiceAccount annotation naming the Entra application (or managed identity) client id.
+pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// ServiceAccount annotation overriding the cluster's tenant id.
+pub const TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// Pod or ServiceAccount annotation setting the projected token's `expirationSeconds`.
+pub const TOKEN_EXPIRATION_ANNOTATION: &str = "azure.workload.identity/service-account-token-expiration";
+/// Pod annotation: `;`-separated container names the webhook leaves untouched.
+pub const SKIP_CONTAINERS_ANNOTATION: &str = "azure.workload.identity/skip-containers";
+/// Upstream's proxy-sidecar annotation. wif does not inject a proxy; it warns instead.
+pub const INJECT_PROXY_SIDECAR_ANNOTATION: &str = "azure.workload.identity/inject-proxy-sidecar";
+/// Upstream's proxy port annotation (only meaningful with the proxy sidecar).
+pub const PROXY_SIDECAR_PORT_ANNOTATION: &str = "azure.workload.identity/proxy-sidecar-port";
+
+/// Every pod/ServiceAccount annotation and label key under [`PREFIX`] that wif (or upstream)
+/// understands; anything else under the prefix earns a "did you mean" warning.
+pub const KNOWN_KEYS: &[&str] = &[
+    USE_LABEL,
+    CLIENT_ID_ANNOTATION,
+    TENANT_ID_ANNOTATION,
+    TOKEN_EXPIRATION_ANNOTATION,
+    SKIP_CONTAINERS_ANNOTATION,
+    INJECT_PROXY_SIDECAR_ANNOTATION,
+    PROXY_SIDECAR_PORT_ANNOTATION,
+];
+
+/// Environment variable carrying the client id.
+pub const ENV_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+/// Environment variable carrying the tenant id.
+pub const ENV_TENANT_ID: &str = "AZURE_TENANT_ID";
+/// Environment variable carrying the path of the projected token file.
+pub const ENV_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+/// Environment variable carrying the Entra authority host.
+pub const ENV_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+
+/// Name of the projected token volume.
+pub const TOKEN_VOLUME_NAME: &str = "azure-identity-token";
+/// Directory the token volume is mounted at.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/azure/tokens";
+/// File name of the token inside the volume (the projection's `path`).
+pub const TOKEN_FILE_NAME: &str = "azure-identity-token";
+/// Full path of the token file, the value of `AZURE_FEDERATED_TOKEN_FILE`.
+pub const TOKEN_FILE_PATH: &str = "/var/run/secrets/azure/tokens/azure-identity-token";
+
+/// Audience of the projected token that Entra's token exchange expects (public cloud).
+pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Smallest accepted `expirationSeconds` of the projected token.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+/// Largest accepted `expirationSeconds` of the projected token.
+pub const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 86400;
+/// `expirationSeconds` when neither the pod nor the ServiceAccount says otherwise.
+pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// ServiceAccount used when a pod names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// Path of the mutating admission endpoint (same as upstream, so configurations carry over).
+pub const MUTATE_PATH: &str = "/mutate-v1-pod";
+
+/// What the mutation needs to know about the cluster; independent of any request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutationConfig {
+    /// Tenant used when the ServiceAccount has no tenant-id annotation.
+    pub tenant_id: String,
+    /// Value of `AZURE_AUTHORITY_HOST`.
+    pub authority_host: AuthorityHost,
+    /// Audience of the projected token.
+    pub audience: String,
+}
+
+impl MutationConfig {
+    /// Configuration for `tenant_id` in `cloud` with the default audience.
+    pub fn new(tenant_id: impl Into<String>, cloud: Cloud) -> Self {
+        Self {
+            tenant_id: tenant_id.into(),
+            authority_host: AuthorityHost::from(cloud),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_path_is_mount_path_plus_file_name() {
+        assert_eq!(TOKEN_FILE_PATH, format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"));
+    }
+
+    #[test]
+    fn every_known_key_carries_the_prefix() {
+        for key in KNOWN_KEYS {
+            assert!(key.starts_with(PREFIX), "{key}");
+        }
+    }
+}

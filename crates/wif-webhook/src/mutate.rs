@@ -1,0 +1,651 @@
+//! The pod mutation: a pure function of the pod, its ServiceAccount's metadata and the cluster
+//! configuration. No I/O, no clock, no client — the admission server and `wif mutate` both call it.
+//!
+//! The result is a list of [`Edit`]s rather than a rewritten pod: edits are encoded as a JSON
+//! patch that only *adds* (so fields this crate's `k8s-openapi` does not know are never dropped,
+//! a bug upstream has), and the same edits can be applied to a typed pod for `wif mutate`.
+
+use std::collections::BTreeSet;
+
+use json_patch::{
+    AddOperation, Patch, PatchOperation,
+    jsonptr::{PointerBuf, Token},
+};
+use k8s_openapi::{
+    api::core::v1::{
+        Container, EnvVar, Pod, PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
+        VolumeMount, VolumeProjection,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use wif_api::{
+    CLIENT_ID_ANNOTATION, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TOKEN_EXPIRATION_SECONDS, ENV_AUTHORITY_HOST,
+    ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID, INJECT_PROXY_SIDECAR_ANNOTATION,
+    MAX_TOKEN_EXPIRATION_SECONDS, MIN_TOKEN_EXPIRATION_SECONDS, MutationConfig, PREFIX,
+    PROXY_SIDECAR_PORT_ANNOTATION, SKIP_CONTAINERS_ANNOTATION, TENANT_ID_ANNOTATION,
+    TOKEN_EXPIRATION_ANNOTATION, TOKEN_FILE_NAME, TOKEN_FILE_PATH, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
+    USE_LABEL, USE_LABEL_VALUE,
+};
+
+/// Admission warnings are shown to `kubectl` users one per line; more than this is noise.
+const MAX_WARNINGS: usize = 8;
+
+/// Why a pod is refused. Every message names the object and the field to fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// The token-expiration annotation is not an integer.
+    #[error(
+        "annotation {TOKEN_EXPIRATION_ANNOTATION}={value:?} on {object} is not a number of seconds: \
+         set it to a whole number between {MIN_TOKEN_EXPIRATION_SECONDS} and {MAX_TOKEN_EXPIRATION_SECONDS}"
+    )]
+    InvalidTokenExpiration {
+        /// `pod ns/name` or `ServiceAccount ns/name`.
+        object: String,
+        /// The annotation's value as written.
+        value: String,
+    },
+    /// The token-expiration annotation is outside what Entra and the kubelet accept.
+    #[error(
+        "token expiration {value} not valid. Expected value to be between {MIN_TOKEN_EXPIRATION_SECONDS} \
+         and {MAX_TOKEN_EXPIRATION_SECONDS} seconds (annotation {TOKEN_EXPIRATION_ANNOTATION} on {object})"
+    )]
+    TokenExpirationOutOfRange {
+        /// `pod ns/name` or `ServiceAccount ns/name`.
+        object: String,
+        /// The parsed value.
+        value: i64,
+    },
+    /// A volume with our name exists but does not project the token where SDKs look for it.
+    #[error(
+        "pod {pod}: volume {TOKEN_VOLUME_NAME:?} already exists but is not a projected ServiceAccount \
+         token with path {TOKEN_FILE_NAME:?}; rename that volume or make it one"
+    )]
+    VolumeNameCollision {
+        /// `ns/name` of the pod.
+        pod: String,
+    },
+    /// Another volume already projects the token file under a different name.
+    #[error(
+        "pod {pod}: volume {volume:?} already projects a ServiceAccount token at path {TOKEN_FILE_NAME:?}; \
+         name it {TOKEN_VOLUME_NAME:?} so wif uses it as is, or remove it"
+    )]
+    TokenPathCollision {
+        /// `ns/name` of the pod.
+        pod: String,
+        /// The other volume's name.
+        volume: String,
+    },
+    /// A container already mounts something else where the token is mounted.
+    #[error(
+        "pod {pod}: container {container:?} already mounts volume {volume:?} at {TOKEN_MOUNT_PATH}, where \
+         the token volume goes; move that mount, or list the container in {SKIP_CONTAINERS_ANNOTATION}"
+    )]
+    MountPathCollision {
+        /// `ns/name` of the pod.
+        pod: String,
+        /// The container's name.
+        container: String,
+        /// The volume mounted there.
+        volume: String,
+    },
+}
+
+/// Which list of the pod spec a container is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// `spec.initContainers`
+    Init,
+    /// `spec.containers`
+    Regular,
+}
+
+impl ContainerKind {
+    fn field(self) -> &'static str {
+        match self {
+            ContainerKind::Init => "initContainers",
+            ContainerKind::Regular => "containers",
+        }
+    }
+}
+
+/// One change to the pod. `create` says whether the target list is absent or empty in the input
+/// (the patch then sets the whole list instead of appending).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Add the projected token volume.
+    AddVolume {
+        /// The volume.
+        volume: Box<Volume>,
+        /// `spec.volumes` is absent or empty.
+        create: bool,
+    },
+    /// Append a volume mount to a container.
+    AddMount {
+        /// The container list.
+        kind: ContainerKind,
+        /// Index in that list.
+        index: usize,
+        /// The mount.
+        mount: VolumeMount,
+        /// The container has no mounts yet.
+        create: bool,
+    },
+    /// Append environment variables to a container.
+    AddEnv {
+        /// The container list.
+        kind: ContainerKind,
+        /// Index in that list.
+        index: usize,
+        /// The variables, in upstream's order.
+        vars: Vec<EnvVar>,
+        /// The container has no `env` yet.
+        create: bool,
+    },
+}
+
+/// What the webhook does to a pod: edits (possibly none) and warnings for the user.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mutation {
+    /// The changes, in the order they are applied.
+    pub edits: Vec<Edit>,
+    /// Human-readable admission warnings, each saying what to fix.
+    pub warnings: Vec<String>,
+}
+
+impl Mutation {
+    /// True when the pod is left as it is.
+    pub fn is_noop(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// The edits as an RFC 6902 patch that only adds.
+    pub fn patch(&self) -> Patch {
+        let mut ops = Vec::new();
+        for edit in &self.edits {
+            match edit {
+                Edit::AddVolume { volume, create } => {
+                    ops.push(add(&["spec", "volumes"], *create, to_value(&**volume)));
+                }
+                Edit::AddMount {
+                    kind,
+                    index,
+                    mount,
+                    create,
+                } => {
+                    let idx = index.to_string();
+                    ops.push(add(
+                        &["spec", kind.field(), &idx, "volumeMounts"],
+                        *create,
+                        to_value(mount),
+                    ));
+                }
+                Edit::AddEnv {
+                    kind,
+                    index,
+                    vars,
+                    create,
+                } => {
+                    let idx = index.to_string();
+                    let path = ["spec", kind.field(), &idx, "env"];
+                    if *create {
+                        ops.push(add(
+                            &path,
+                            true,
+                            serde_json::Value::Array(vars.iter().map(to_value).collect()),
+                        ));
+                    } else {
+                        ops.extend(vars.iter().map(|v| add(&path, false, to_value(v))));
+                    }
+                }
+            }
+        }
+        Patch(ops)
+    }
+
+    /// Applies the edits to a typed pod (what `wif mutate` prints).
+    pub fn apply(&self, pod: &mut Pod) {
+        let spec = pod.spec.get_or_insert_with(PodSpec::default);
+        for edit in &self.edits {
+            match edit {
+                Edit::AddVolume { volume, .. } => {
+                    spec.volumes.get_or_insert_with(Vec::new).push((**volume).clone())
+                }
+                Edit::AddMount {
+                    kind, index, mount, ..
+                } => {
+                    if let Some(c) = container_mut(spec, *kind, *index) {
+                        c.volume_mounts.get_or_insert_with(Vec::new).push(mount.clone());
+                    }
+                }
+                Edit::AddEnv {
+                    kind, index, vars, ..
+                } => {
+                    if let Some(c) = container_mut(spec, *kind, *index) {
+                        c.env.get_or_insert_with(Vec::new).extend(vars.iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn container_mut(spec: &mut PodSpec, kind: ContainerKind, index: usize) -> Option<&mut Container> {
+    match kind {
+        ContainerKind::Init => spec.init_containers.as_mut()?.get_mut(index),
+        ContainerKind::Regular => spec.containers.get_mut(index),
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    // Serializing k8s-openapi structs to a Value cannot fail (no maps with non-string keys).
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn add(path: &[&str], create: bool, value: serde_json::Value) -> PatchOperation {
+    let mut tokens: Vec<Token<'_>> = path.iter().map(|s| Token::new(*s)).collect();
+    let value = if create {
+        match value {
+            serde_json::Value::Array(_) => value,
+            other => serde_json::Value::Array(vec![other]),
+        }
+    } else {
+        tokens.push(Token::new("-"));
+        value
+    };
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens),
+        value,
+    })
+}
+
+/// Computes what the webhook does to `pod`, whose ServiceAccount has metadata `sa`.
+///
+/// The namespace in messages is the pod's, falling back to the ServiceAccount's (pods created by
+/// controllers arrive without one; the admission server fills it in from the request).
+pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutation, Denial> {
+    let meta = &pod.metadata;
+    let label = meta.labels.as_ref().and_then(|l| l.get(USE_LABEL));
+    if label.map(String::as_str) != Some(USE_LABEL_VALUE) {
+        let mut warnings = Vec::new();
+        if let Some(value) = label.filter(|v| v.trim().eq_ignore_ascii_case(USE_LABEL_VALUE)) {
+            warnings.push(format!(
+                "label {USE_LABEL}={value:?} on pod {}: only the exact value \"true\" enables workload \
+                 identity; the pod is left unchanged",
+                pod_ref(pod, sa)
+            ));
+        }
+        return Ok(Mutation {
+            edits: Vec::new(),
+            warnings,
+        });
+    }
+    let pod_name = pod_ref(pod, sa);
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Mutation {
+            edits: Vec::new(),
+            warnings: vec![format!("pod {pod_name} has no spec; nothing to inject")],
+        });
+    };
+
+    let expiration = token_expiration(pod, sa, &pod_name)?;
+    let skip = skip_containers(meta);
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+
+    let mut edits = Vec::new();
+    match volumes.iter().find(|v| v.name == TOKEN_VOLUME_NAME) {
+        Some(v) if projects_token(v) => {} // the user's own token volume: their override
+        Some(_) => return Err(Denial::VolumeNameCollision { pod: pod_name }),
+        None => {
+            if let Some(other) = volumes.iter().find(|v| projects_token(v)) {
+                return Err(Denial::TokenPathCollision {
+                    pod: pod_name,
+                    volume: other.name.clone(),
+                });
+            }
+            edits.push(Edit::AddVolume {
+                volume: Box::new(token_volume(cfg, expiration)),
+                create: volumes.is_empty(),
+            });
+        }
+    }
+
+    let client_id = annotation(sa, CLIENT_ID_ANNOTATION).filter(|v| !v.is_empty());
+    let tenant_id = annotation(sa, TENANT_ID_ANNOTATION)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(cfg.tenant_id.as_str());
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let all = inits
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (ContainerKind::Init, i, c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (ContainerKind::Regular, i, c)),
+        );
+    for (kind, index, container) in all {
+        if skip.contains(container.name.trim()) {
+            continue;
+        }
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        let token_file = match mounts.iter().find(|m| m.name == TOKEN_VOLUME_NAME) {
+            Some(own) => token_file_for(own),
+            None => {
+                if let Some(m) = mounts.iter().find(|m| same_path(&m.mount_path, TOKEN_MOUNT_PATH)) {
+                    return Err(Denial::MountPathCollision {
+                        pod: pod_name,
+                        container: container.name.clone(),
+                        volume: m.name.clone(),
+                    });
+                }
+                edits.push(Edit::AddMount {
+                    kind,
+                    index,
+                    mount: token_mount(),
+                    create: mounts.is_empty(),
+                });
+                TOKEN_FILE_PATH.to_owned()
+            }
+        };
+        let env = container.env.as_deref().unwrap_or_default();
+        let desired = [
+            (ENV_CLIENT_ID, client_id.unwrap_or_default()),
+            (ENV_TENANT_ID, tenant_id),
+            (ENV_FEDERATED_TOKEN_FILE, token_file.as_str()),
+            (ENV_AUTHORITY_HOST, cfg.authority_host.as_str()),
+        ];
+        let vars: Vec<EnvVar> = desired
+            .iter()
+            .filter(|(name, value)| !value.is_empty() && !env.iter().any(|e| e.name == *name))
+            .map(|(name, value)| EnvVar {
+                name: (*name).to_owned(),
+                value: Some((*value).to_owned()),
+                value_from: None,
+            })
+            .collect();
+        if !vars.is_empty() {
+            edits.push(Edit::AddEnv {
+                kind,
+                index,
+                vars,
+                create: env.is_empty(),
+            });
+        }
+    }
+
+    let warnings = warnings(pod, spec, sa, &skip, &pod_name, client_id.is_some());
+    Ok(Mutation { edits, warnings })
+}
+
+/// `ns/name` of the pod for messages; `ns/prefix*` for a pod whose name is generated later.
+fn pod_ref(pod: &Pod, sa: &ObjectMeta) -> String {
+    let meta = &pod.metadata;
+    let ns = meta
+        .namespace
+        .as_deref()
+        .or(sa.namespace.as_deref())
+        .unwrap_or_default();
+    let name = match (meta.name.as_deref(), meta.generate_name.as_deref()) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) => format!("{prefix}*"),
+        _ => "(unnamed)".to_owned(),
+    };
+    if ns.is_empty() {
+        name
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+fn sa_ref(sa: &ObjectMeta) -> String {
+    let name = sa.name.as_deref().unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    match sa.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Pod annotation, else ServiceAccount annotation, else the default; empty values count as unset.
+fn token_expiration(pod: &Pod, sa: &ObjectMeta, pod_name: &str) -> Result<i64, Denial> {
+    let (raw, object) = match annotation(&pod.metadata, TOKEN_EXPIRATION_ANNOTATION).filter(|v| !v.is_empty())
+    {
+        Some(v) => (v, format!("pod {pod_name}")),
+        None => match annotation(sa, TOKEN_EXPIRATION_ANNOTATION).filter(|v| !v.is_empty()) {
+            Some(v) => (v, format!("ServiceAccount {}", sa_ref(sa))),
+            None => return Ok(DEFAULT_TOKEN_EXPIRATION_SECONDS),
+        },
+    };
+    let value: i64 = raw.trim().parse().map_err(|_| Denial::InvalidTokenExpiration {
+        object: object.clone(),
+        value: raw.to_owned(),
+    })?;
+    if !(MIN_TOKEN_EXPIRATION_SECONDS..=MAX_TOKEN_EXPIRATION_SECONDS).contains(&value) {
+        return Err(Denial::TokenExpirationOutOfRange { object, value });
+    }
+    Ok(value)
+}
+
+fn skip_containers(meta: &ObjectMeta) -> BTreeSet<&str> {
+    annotation(meta, SKIP_CONTAINERS_ANNOTATION)
+        .map(|v| v.split(';').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+fn projects_token(volume: &Volume) -> bool {
+    volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.as_ref())
+        .is_some_and(|sources| {
+            sources.iter().any(|s| {
+                s.service_account_token
+                    .as_ref()
+                    .is_some_and(|t| t.path == TOKEN_FILE_NAME)
+            })
+        })
+}
+
+fn same_path(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Where the token file is for a container that mounts our volume itself (at any path).
+fn token_file_for(mount: &VolumeMount) -> String {
+    let dir = mount.mount_path.trim_end_matches('/');
+    match mount.sub_path.as_deref() {
+        None | Some("") => format!("{dir}/{TOKEN_FILE_NAME}"),
+        Some(TOKEN_FILE_NAME) => dir.to_owned(),
+        Some(_) => TOKEN_FILE_PATH.to_owned(),
+    }
+}
+
+fn token_volume(cfg: &MutationConfig, expiration: i64) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME_NAME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(cfg.audience.clone()),
+                    expiration_seconds: Some(expiration),
+                    path: TOKEN_FILE_NAME.to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            default_mode: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+fn token_mount() -> VolumeMount {
+    VolumeMount {
+        name: TOKEN_VOLUME_NAME.to_owned(),
+        mount_path: TOKEN_MOUNT_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+// === warnings ===
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    PodLabel,
+    PodAnnotation,
+    SaLabel,
+    SaAnnotation,
+}
+
+impl Place {
+    /// "label" or "annotation".
+    fn kind(self) -> &'static str {
+        match self {
+            Place::PodLabel | Place::SaLabel => "label",
+            Place::PodAnnotation | Place::SaAnnotation => "annotation",
+        }
+    }
+
+    /// Where wif reads a key, for "reads it as …" messages.
+    fn describe(self) -> &'static str {
+        match self {
+            Place::PodLabel => "a pod label",
+            Place::PodAnnotation => "a pod annotation",
+            Place::SaLabel => "a ServiceAccount label",
+            Place::SaAnnotation => "a ServiceAccount annotation",
+        }
+    }
+}
+
+/// Where each key belongs. The `use` label on a ServiceAccount is accepted because upstream's
+/// documentation once asked for it.
+const PLACEMENT: &[(&str, &[Place])] = &[
+    (USE_LABEL, &[Place::PodLabel, Place::SaLabel]),
+    (CLIENT_ID_ANNOTATION, &[Place::SaAnnotation]),
+    (TENANT_ID_ANNOTATION, &[Place::SaAnnotation]),
+    (
+        TOKEN_EXPIRATION_ANNOTATION,
+        &[Place::PodAnnotation, Place::SaAnnotation],
+    ),
+    (SKIP_CONTAINERS_ANNOTATION, &[Place::PodAnnotation]),
+    (INJECT_PROXY_SIDECAR_ANNOTATION, &[Place::PodAnnotation]),
+    (PROXY_SIDECAR_PORT_ANNOTATION, &[Place::PodAnnotation]),
+];
+
+fn warnings(
+    pod: &Pod,
+    spec: &PodSpec,
+    sa: &ObjectMeta,
+    skip: &BTreeSet<&str>,
+    pod_name: &str,
+    has_client_id: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let sa_name = sa_ref(sa);
+    if !has_client_id {
+        out.push(format!(
+            "ServiceAccount {sa_name} has no {CLIENT_ID_ANNOTATION} annotation, so AZURE_CLIENT_ID is not \
+             set: annotate it with the client id of the Entra application or managed identity"
+        ));
+    }
+    let pod_object = format!("pod {pod_name}");
+    let sa_object = format!("ServiceAccount {sa_name}");
+    let sources = [
+        (&pod.metadata.labels, Place::PodLabel, pod_object.as_str()),
+        (
+            &pod.metadata.annotations,
+            Place::PodAnnotation,
+            pod_object.as_str(),
+        ),
+        (&sa.labels, Place::SaLabel, sa_object.as_str()),
+        (&sa.annotations, Place::SaAnnotation, sa_object.as_str()),
+    ];
+    for (map, place, object) in sources {
+        for key in map.iter().flat_map(|m| m.keys()) {
+            if let Some(w) = key_warning(key, place, object) {
+                out.push(w);
+            }
+        }
+    }
+    if annotation(&pod.metadata, INJECT_PROXY_SIDECAR_ANNOTATION).is_some() {
+        out.push(format!(
+            "{pod_object}: {INJECT_PROXY_SIDECAR_ANNOTATION} is not supported by wif and no proxy sidecar is \
+             injected; Azure SDKs read the token file in AZURE_FEDERATED_TOKEN_FILE directly, so remove the \
+             annotation"
+        ));
+    }
+    let names: BTreeSet<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .map(|c| c.name.as_str())
+        .collect();
+    for name in skip.iter().filter(|n| !names.contains(*n)) {
+        out.push(format!(
+            "{pod_object}: {SKIP_CONTAINERS_ANNOTATION} names {name:?}, which matches no container or init \
+             container; check the spelling (names are separated by ';')"
+        ));
+    }
+    if out.len() > MAX_WARNINGS {
+        let more = out.len() - (MAX_WARNINGS - 1);
+        out.truncate(MAX_WARNINGS - 1);
+        out.push(format!(
+            "{more} more warnings not shown; run `wif mutate` on the pod to see them all"
+        ));
+    }
+    out
+}
+
+fn key_warning(key: &str, place: Place, object: &str) -> Option<String> {
+    let suffix = key.strip_prefix(PREFIX)?;
+    if let Some((_, places)) = PLACEMENT.iter().find(|(k, _)| *k == key) {
+        if places.contains(&place) {
+            return None;
+        }
+        let wanted = places
+            .iter()
+            .map(|p| p.describe())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let article = if place.kind() == "label" { "a" } else { "an" };
+        return Some(format!(
+            "{key} is {article} {} on {object}, but wif reads it only as {wanted}",
+            place.kind()
+        ));
+    }
+    let nearest = PLACEMENT
+        .iter()
+        .map(|(k, _)| *k)
+        .max_by(|a, b| {
+            let sa =
+                strsim::normalized_damerau_levenshtein(&normalise(suffix), &normalise(&a[PREFIX.len()..]));
+            let sb =
+                strsim::normalized_damerau_levenshtein(&normalise(suffix), &normalise(&b[PREFIX.len()..]));
+            sa.total_cmp(&sb)
+        })
+        .unwrap_or(CLIENT_ID_ANNOTATION);
+    Some(format!(
+        "unknown {} {key} on {object}: wif does not read it; did you mean {nearest}?",
+        place.kind()
+    ))
+}
+
+/// `clientId`, `client_id` and `Client-ID` are all attempts at `client-id`.
+fn normalise(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(match ch {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        });
+    }
+    out.replace("--", "-")
+}

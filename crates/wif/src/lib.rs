@@ -1,0 +1,42 @@
+//! Command-line wiring of the `wif` binary. Each subcommand parses its flags into the
+//! configuration type of the crate that does the work; nothing here holds policy.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod logging;
+
+/// Entra workload identity for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "wif", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the mutating admission webhook (HTTPS).
+    Webhook(Box<cmd::webhook::WebhookArgs>),
+    /// Show what the webhook would do to a pod, offline.
+    Mutate(cmd::mutate::MutateArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Parses the command line and runs the subcommand; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One process-wide choice, made before any TLS is set up: ring, which every crate here uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Version => {
+            println!("wif {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Mutate(args) => cmd::mutate::run(args),
+        Command::Webhook(args) => cmd::run_async(cmd::webhook::run(*args)),
+    }
+}
