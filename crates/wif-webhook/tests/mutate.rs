@@ -1,4 +1,5 @@
 //! Table tests of the pure mutation: every rule of DESIGN.md §3 and the upstream cases.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeMap;
 
