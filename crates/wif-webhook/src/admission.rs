@@ -7,11 +7,13 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{
-    DynamicObject, Status,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+    Status,
+    admission::{AdmissionRequest, AdmissionReview, Operation},
 };
+use serde::Serialize;
 use wif_api::{DEFAULT_SERVICE_ACCOUNT, MutationConfig};
 
 use crate::{
@@ -80,12 +82,74 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, ReviewError> {
     Ok(request)
 }
 
-/// Answers one review body. `Err` means HTTP 400; policy refusals are `Ok` reviews with
+/// The AdmissionReview the webhook answers with. kube's own response type encodes the patch as
+/// an array of numbers; the API server expects (and this sends) base64, a quarter of the size.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    api_version: &'static str,
+    kind: &'static str,
+    /// The decision.
+    pub response: Decision,
+}
+
+/// The `response` of an [`Answer`].
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// Copied from the request.
+    pub uid: String,
+    /// Whether the pod may be created.
+    pub allowed: bool,
+    /// Why not, when not allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Base64 of the RFC 6902 patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// `JSONPatch` when there is a patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Admission warnings shown to the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+impl Decision {
+    fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_owned(),
+            allowed: true,
+            ..Self::default()
+        }
+    }
+
+    fn deny(uid: &str, message: String, code: u16) -> Self {
+        let reason = if code >= 500 {
+            "InternalError"
+        } else {
+            "BadRequest"
+        };
+        Self {
+            uid: uid.to_owned(),
+            allowed: false,
+            status: Some(Status::failure(&message, reason).with_code(code)),
+            ..Self::default()
+        }
+    }
+
+    fn into_answer(self) -> Answer {
+        Answer {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response: self,
+        }
+    }
+}
+
+/// Answers one review body. `Err` means HTTP 400; policy refusals are `Ok` answers with
 /// `allowed: false`.
-pub async fn review(
-    state: &AdmissionState,
-    body: &[u8],
-) -> Result<AdmissionReview<DynamicObject>, ReviewError> {
+pub async fn review(state: &AdmissionState, body: &[u8]) -> Result<Answer, ReviewError> {
     let started = Instant::now();
     let request = match decode(body) {
         Ok(r) => r,
@@ -99,7 +163,7 @@ pub async fn review(
     };
     let (response, outcome) = admit(state, request).await;
     state.metrics.observe(outcome, started.elapsed().as_secs_f64());
-    Ok(response.into_review())
+    Ok(response.into_answer())
 }
 
 #[tracing::instrument(
@@ -108,19 +172,19 @@ pub async fn review(
     fields(uid = %request.uid, namespace = tracing::field::Empty, pod = tracing::field::Empty,
            dry_run = request.dry_run)
 )]
-async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (AdmissionResponse, Outcome) {
-    let response = AdmissionResponse::from(&request);
+async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (Decision, Outcome) {
+    let uid = std::mem::take(&mut request.uid);
     // Only creation is mutated: a pod's volumes and env cannot change afterwards.
     if request.operation != Operation::Create {
-        return (response, Outcome::Unchanged);
+        return (Decision::allow(&uid), Outcome::Unchanged);
     }
     let Some(mut pod) = request.object.take() else {
-        return (response, Outcome::Unchanged);
+        return (Decision::allow(&uid), Outcome::Unchanged);
     };
     // Pods created by controllers arrive without a namespace; the request carries it.
     let namespace = request
         .namespace
-        .clone()
+        .take()
         .or_else(|| pod.metadata.namespace.clone())
         .unwrap_or_default();
     pod.metadata.namespace = Some(namespace.clone());
@@ -144,7 +208,7 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (A
     if !is_labelled {
         // The objectSelector should have filtered this pod out; a broad configuration must not
         // turn the webhook into a dependency of every pod.
-        return (response, Outcome::Unchanged);
+        return (Decision::allow(&uid), Outcome::Unchanged);
     }
 
     let sa_name = pod
@@ -167,17 +231,17 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (A
                  azure.workload.identity/client-id) before the pod that uses it"
             );
             tracing::info!(service_account = %sa_name, "denied: ServiceAccount not found");
-            return (deny(response, msg, 400), Outcome::Denied);
+            return (Decision::deny(&uid, msg, 400), Outcome::Denied);
         }
         Err(error) => {
             tracing::error!(%error, "ServiceAccount lookup failed");
-            return (deny(response, error.to_string(), 500), Outcome::Error);
+            return (Decision::deny(&uid, error.to_string(), 500), Outcome::Error);
         }
     };
 
     match mutate(&pod, &sa.metadata, &state.config) {
         Ok(mutation) => {
-            let mut response = response;
+            let mut response = Decision::allow(&uid);
             if !mutation.warnings.is_empty() {
                 response.warnings = Some(mutation.warnings.clone());
             }
@@ -185,16 +249,17 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (A
                 tracing::debug!("nothing to inject");
                 return (response, Outcome::Unchanged);
             }
-            match response.with_patch(mutation.patch()) {
-                Ok(r) => {
+            match serde_json::to_vec(&mutation.patch()) {
+                Ok(patch) => {
+                    response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
+                    response.patch_type = Some("JSONPatch");
                     tracing::info!(service_account = %sa_name, edits = mutation.edits.len(), "pod mutated");
-                    (r, Outcome::Mutated)
+                    (response, Outcome::Mutated)
                 }
                 Err(error) => {
                     tracing::error!(%error, "failed to encode patch");
-                    let r = AdmissionResponse::from(&request);
                     (
-                        deny(r, format!("failed to encode the patch: {error}"), 500),
+                        Decision::deny(&uid, format!("failed to encode the patch: {error}"), 500),
                         Outcome::Error,
                     )
                 }
@@ -202,23 +267,9 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (A
         }
         Err(denial) => {
             tracing::info!(reason = %denial, "denied");
-            (deny(response, denial.to_string(), 400), Outcome::Denied)
+            (Decision::deny(&uid, denial.to_string(), 400), Outcome::Denied)
         }
     }
-}
-
-fn deny(response: AdmissionResponse, message: String, code: u16) -> AdmissionResponse {
-    let mut r = response.deny(&message);
-    r.result = Status::failure(
-        &message,
-        if code >= 500 {
-            "InternalError"
-        } else {
-            "BadRequest"
-        },
-    )
-    .with_code(code);
-    r
 }
 
 /// Axum handler body: reads at most `limit` bytes and answers.
