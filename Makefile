@@ -23,15 +23,25 @@ demo: ## build and run the whole chain locally, printing each step
 	@scripts/demo.sh
 
 .PHONY: test
-test: lint unit ## everything CI runs: fmt, clippy, unit tests, end-to-end tests
+test: lint unit e2e ## everything CI runs: fmt, clippy, unit tests, end-to-end tests
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+VENV := $(CACHE)/venv
+export WIF_PYTHON ?= $(VENV)/bin/python
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Python virtualenv with azure-identity (the real SDK the emulator is checked against)
+$(VENV)/.installed: requirements-test.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
 .PHONY: unit
-unit: ## unit, property and HTTP-level tests
+unit: venv ## unit, property, HTTP-level and emulator tests (incl. Python azure-identity)
 	cargo test --workspace
 
 .PHONY: build

@@ -22,6 +22,10 @@ enum Command {
     Webhook(Box<cmd::webhook::WebhookArgs>),
     /// Show what the webhook would do to a pod, offline.
     Mutate(cmd::mutate::MutateArgs),
+    /// Exchange the workload's projected ServiceAccount token for an Entra access token.
+    Token(wif_exchange::cli::TokenArgs),
+    /// Run a local Entra (token endpoint, discovery, Graph and ARM credential APIs) for demos and tests.
+    Emulator(Box<wif_emulator::Args>),
     /// Print the version.
     Version,
 }
@@ -38,5 +42,20 @@ pub fn main() -> ExitCode {
         }
         Command::Mutate(args) => cmd::mutate::run(args),
         Command::Webhook(args) => cmd::run_async(cmd::webhook::run(*args)),
+        Command::Token(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(error) => {
+                    eprintln!("error: failed to start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            ExitCode::from(u8::try_from(runtime.block_on(wif_exchange::cli::run(args))).unwrap_or(1))
+        }
+        Command::Emulator(args) => cmd::run_async(async move {
+            logging::init("info", logging::LogFormat::Text);
+            wif_emulator::run(*args, cmd::shutdown_signal()).await?;
+            Ok(())
+        }),
     }
 }

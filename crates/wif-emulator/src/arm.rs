@@ -1,0 +1,807 @@
+//! ARM under `/arm/…` (mirroring `https://management.azure.com`): user-assigned managed identities
+//! and their federated identity credentials (`Microsoft.ManagedIdentity`).
+//!
+//! `…/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities[/{name}[/federatedIdentityCredentials[/{fic}]]]`
+//! with `GET`, `PUT`, `DELETE` (and list). Every request needs a supported `api-version`. Credential
+//! writes to one identity are serialised by a per-identity lock held for `armWriteHoldMs`; a
+//! concurrent writer gets `409 ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::{
+    app::{ARM_AUDIENCES, App, AppState},
+    auth::{BearerError, Caller, utc, verify_bearer},
+    credentials::{self, Credential, Violation},
+    state::{Identity, PersistFailed, is_guid, now_ms},
+    wire::ArmError,
+};
+
+/// api-versions of `Microsoft.ManagedIdentity` that carry federated identity credentials.
+pub const API_VERSIONS: &[&str] = &[
+    "2022-01-31-preview",
+    "2023-01-31",
+    "2023-07-31-preview",
+    "2024-11-30",
+    "2025-01-31-preview",
+    "2025-05-31-preview",
+    "2026-04-30",
+    "2026-05-31",
+];
+/// api-versions whose credentials may carry `claimsMatchingExpression`.
+const FLEXIBLE_API_VERSIONS: &[&str] = &["2025-01-31-preview", "2025-05-31-preview"];
+const IDENTITY_TYPE: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
+const FIC_TYPE: &str = "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials";
+
+impl From<PersistFailed> for ArmError {
+    fn from(_: PersistFailed) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "Encountered internal server error while persisting the change.",
+        )
+    }
+}
+
+fn auth_error(err: BearerError) -> ArmError {
+    match err {
+        BearerError::Missing => ArmError::unauthorized(
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        ),
+        BearerError::Malformed => {
+            ArmError::unauthorized("InvalidAuthenticationToken", "The access token is invalid.")
+        }
+        BearerError::Signature => ArmError::unauthorized(
+            "InvalidAuthenticationToken",
+            "The received access token is not valid: at least one of the claims 'puid' or 'altsecid' or 'oid' should be present. If you are accessing as application please make sure service principal is properly created in the tenant.",
+        ),
+        BearerError::Expired { exp, now } => ArmError::unauthorized(
+            "ExpiredAuthenticationToken",
+            format!(
+                "The access token expiry UTC time '{}' is earlier than current UTC time '{}'.",
+                utc(exp),
+                utc(now)
+            ),
+        ),
+        BearerError::NotYetValid => {
+            ArmError::unauthorized("InvalidAuthenticationToken", "The access token is not yet valid.")
+        }
+        BearerError::Audience(aud) => ArmError::unauthorized(
+            "InvalidAuthenticationTokenAudience",
+            format!(
+                "The access token has been obtained for wrong audience or resource '{aud}'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'."
+            ),
+        ),
+        BearerError::Issuer(iss) => ArmError::unauthorized(
+            "InvalidAuthenticationTokenTenant",
+            format!("The access token is from the wrong issuer '{iss}'."),
+        ),
+    }
+}
+
+fn wrong_tenant(caller: &Caller, base: &str, owner: &str) -> ArmError {
+    ArmError::unauthorized(
+        "InvalidAuthenticationTokenTenant",
+        format!(
+            "The access token is from the wrong issuer '{}'. It must match the tenant '{base}/{owner}/' associated with this subscription. Please use the authority (URL) '{base}/{owner}' to get the token.",
+            caller.issuer
+        ),
+    )
+}
+
+fn violation(v: Violation) -> ArmError {
+    match v {
+        Violation::Missing(_) => ArmError::bad_request(
+            "The request format was unexpected. Federated Identity Credential must specify 'issuer', 'subject' and 'audience'.",
+        ),
+        Violation::InvalidName(name) => {
+            ArmError::bad_request(format!("Federated Identity Credential name '{name}' is invalid."))
+        }
+        Violation::TooLong(field) => ArmError::bad_request(format!(
+            "The '{field}' of a Federated Identity Credential must not be longer than {} characters.",
+            credentials::MAX_VALUE_LEN
+        )),
+        Violation::AudienceCount => {
+            ArmError::bad_request("Federated identity credentials must have exactly one audience.")
+        }
+        Violation::SubjectXorExpression => ArmError::bad_request(
+            "Either 'subject' or 'claimsMatchingExpression' must be defined, but not both.",
+        ),
+        Violation::DuplicateName(name) => ArmError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Federated Identity Credential '{name}' already exists."),
+        ),
+        Violation::DuplicateIssuerSubject { .. } => {
+            ArmError::bad_request("Issuer and subject combination already exists for this Managed Identity.")
+        }
+        Violation::Limit(max) => ArmError::bad_request(format!(
+            "Too many Federated Identity Credentials. A managed identity can have at most {max} Federated Identity Credentials."
+        )),
+    }
+}
+
+fn identity_not_found(group: &str, name: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        format!(
+            "The Resource '{IDENTITY_TYPE}/{name}' under resource group '{group}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+        ),
+    )
+}
+
+fn parent_not_found() -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "ParentResourceNotFound",
+        "The parent user-assigned identity doesn't exist.",
+    )
+}
+
+// === addressing ===
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Scope {
+    subscription: String,
+    group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Identities(Scope),
+    Identity(Scope, String),
+    Credentials(Scope, String),
+    Credential(Scope, String, String),
+}
+
+impl Target {
+    fn scope(&self) -> &Scope {
+        match self {
+            Self::Identities(s)
+            | Self::Identity(s, _)
+            | Self::Credentials(s, _)
+            | Self::Credential(s, _, _) => s,
+        }
+    }
+}
+
+fn parse_target(segments: &[String]) -> Result<Target, ArmError> {
+    let not_found = || {
+        ArmError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            "The resource type could not be found in the namespace 'Microsoft.ManagedIdentity'.",
+        )
+    };
+    let literal = |i: usize, text: &str| segments.get(i).is_some_and(|s| s.eq_ignore_ascii_case(text));
+    if !(literal(0, "subscriptions")
+        && literal(2, "resourceGroups")
+        && literal(4, "providers")
+        && literal(5, "Microsoft.ManagedIdentity")
+        && literal(6, "userAssignedIdentities"))
+    {
+        return Err(not_found());
+    }
+    let subscription = segments[1].clone();
+    if !is_guid(&subscription) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidSubscriptionId",
+            format!("The provided subscription identifier '{subscription}' is malformed or invalid."),
+        ));
+    }
+    let scope = Scope {
+        subscription,
+        group: segments[3].clone(),
+    };
+    match &segments[7..] {
+        [] => Ok(Target::Identities(scope)),
+        [name] => Ok(Target::Identity(scope, name.clone())),
+        [name, fics] if fics.eq_ignore_ascii_case("federatedIdentityCredentials") => {
+            Ok(Target::Credentials(scope, name.clone()))
+        }
+        [name, fics, fic] if fics.eq_ignore_ascii_case("federatedIdentityCredentials") => {
+            Ok(Target::Credential(scope, name.clone(), fic.clone()))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn check_api_version(query: &Map<String, Value>) -> Result<&'static str, ArmError> {
+    let Some(version) = query.get("api-version").and_then(Value::as_str) else {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        ));
+    };
+    if let Some(known) = API_VERSIONS.iter().find(|v| v.eq_ignore_ascii_case(version)) {
+        return Ok(known);
+    }
+    let well_formed = {
+        let date = version.strip_suffix("-preview").unwrap_or(version);
+        date.len() == 10 && jiff::civil::Date::strptime("%Y-%m-%d", date).is_ok()
+    };
+    let supported = API_VERSIONS.join(", ");
+    if well_formed {
+        Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "NoRegisteredProviderFound",
+            format!(
+                "No registered resource provider found for location 'westeurope' and API version '{version}' for type 'userAssignedIdentities'. The supported api-versions are '{supported}'."
+            ),
+        ))
+    } else {
+        Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            format!("The api-version '{version}' is invalid. The supported versions are '{supported}'."),
+        ))
+    }
+}
+
+// === handler ===
+
+struct Ctx<'a> {
+    app: &'a App,
+    caller: Caller,
+    api_version: &'static str,
+    query: Map<String, Value>,
+    path: String,
+}
+
+/// Every `/arm/…` request.
+pub(crate) async fn handle(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match dispatch(&app, &method, &uri, &headers, &body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn dispatch(
+    app: &App,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ArmError> {
+    let caller = verify_bearer(app, headers, ARM_AUDIENCES).map_err(auth_error)?;
+    let path = uri.path().strip_prefix("/arm").unwrap_or_default().to_string();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let target = parse_target(&segments)?;
+    let query: Map<String, Value> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
+        .collect();
+    let api_version = check_api_version(&query)?;
+    // A subscription belongs to one tenant: the one of its identities, else the caller's.
+    let owner = app
+        .store
+        .read(|s| {
+            s.subscription_tenant(&target.scope().subscription)
+                .map(str::to_string)
+        })
+        .await;
+    if let Some(owner) = owner
+        && !owner.eq_ignore_ascii_case(&caller.tenant_id)
+    {
+        return Err(wrong_tenant(&caller, &app.base_url, &owner));
+    }
+    let ctx = Ctx {
+        app,
+        caller,
+        api_version,
+        query,
+        path,
+    };
+    match (method.clone(), target) {
+        (Method::GET, Target::Identities(scope)) => list_identities(&ctx, &scope).await,
+        (Method::GET, Target::Identity(scope, name)) => get_identity(&ctx, &scope, &name).await,
+        (Method::PUT, Target::Identity(scope, name)) => put_identity(&ctx, &scope, &name, body).await,
+        (Method::DELETE, Target::Identity(scope, name)) => delete_identity(&ctx, &scope, &name).await,
+        (Method::GET, Target::Credentials(scope, name)) => list_credentials(&ctx, &scope, &name).await,
+        (Method::GET, Target::Credential(scope, name, fic)) => {
+            get_credential(&ctx, &scope, &name, &fic).await
+        }
+        (Method::PUT, Target::Credential(scope, name, fic)) => {
+            put_credential(&ctx, &scope, &name, &fic, body).await
+        }
+        (Method::DELETE, Target::Credential(scope, name, fic)) => {
+            delete_credential(&ctx, &scope, &name, &fic).await
+        }
+        (method, _) => Err(ArmError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("The requested method '{method}' is not allowed for this resource."),
+        )),
+    }
+}
+
+fn identity_json(identity: &Identity, tenant_id: &str) -> Value {
+    json!({
+        "id": identity.resource_id(),
+        "name": identity.name,
+        "type": IDENTITY_TYPE,
+        "location": identity.location,
+        "tags": identity.tags,
+        "properties": {
+            "tenantId": tenant_id,
+            "principalId": identity.principal_id,
+            "clientId": identity.client_id,
+        },
+    })
+}
+
+fn credential_json(ctx: &Ctx<'_>, identity: &Identity, c: &Credential) -> Value {
+    let mut properties = json!({
+        "issuer": c.issuer,
+        "subject": c.subject,
+        "audiences": c.audiences,
+    });
+    if FLEXIBLE_API_VERSIONS.contains(&ctx.api_version) {
+        properties["claimsMatchingExpression"] = c.claims_matching_expression.clone().unwrap_or(Value::Null);
+    }
+    json!({
+        "id": format!("{}/federatedIdentityCredentials/{}", identity.resource_id(), c.name),
+        "name": c.name,
+        "type": FIC_TYPE,
+        "properties": properties,
+    })
+}
+
+async fn find_identity(ctx: &Ctx<'_>, scope: &Scope, name: &str) -> Option<(String, Identity)> {
+    ctx.app
+        .store
+        .read(|s| {
+            let (ti, ii) = s.identity_position(&scope.subscription, &scope.group, name)?;
+            Some((s.tenants[ti].id.clone(), s.tenants[ti].identities[ii].clone()))
+        })
+        .await
+}
+
+async fn list_identities(ctx: &Ctx<'_>, scope: &Scope) -> Result<Response, ArmError> {
+    let identities = ctx
+        .app
+        .store
+        .read(|s| {
+            s.tenants
+                .iter()
+                .flat_map(|t| t.identities.iter().map(move |i| (t.id.clone(), i.clone())))
+                .filter(|(_, i)| {
+                    i.subscription_id.eq_ignore_ascii_case(&scope.subscription)
+                        && i.resource_group.eq_ignore_ascii_case(&scope.group)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let value: Vec<Value> = identities.iter().map(|(t, i)| identity_json(i, t)).collect();
+    Ok(Json(json!({ "value": value })).into_response())
+}
+
+async fn get_identity(ctx: &Ctx<'_>, scope: &Scope, name: &str) -> Result<Response, ArmError> {
+    let (tenant, identity) = find_identity(ctx, scope, name)
+        .await
+        .ok_or_else(|| identity_not_found(&scope.group, name))?;
+    Ok(Json(identity_json(&identity, &tenant)).into_response())
+}
+
+fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ArmError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: 'the request body must be a JSON object'.",
+        )),
+        Err(e) => Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            format!("The request content was invalid and could not be deserialized: '{e}'."),
+        )),
+    }
+}
+
+fn valid_resource_name(name: &str) -> bool {
+    (3..=128).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+async fn put_identity(ctx: &Ctx<'_>, scope: &Scope, name: &str, body: &[u8]) -> Result<Response, ArmError> {
+    let map = parse_body(body)?;
+    if !valid_resource_name(name) {
+        return Err(ArmError::bad_request(format!(
+            "Resource name {name} is invalid. The name can be 3-128 characters long and can contain only letters, digits, '-' and '_', starting with a letter or digit."
+        )));
+    }
+    let location = match map.get("location") {
+        Some(Value::String(l)) if !l.is_empty() => l.clone(),
+        _ => {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "LocationRequired",
+                "The location property is required for this definition.",
+            ));
+        }
+    };
+    let tags = match map.get("tags") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(tags)) => tags.clone(),
+        Some(_) => return Err(ArmError::bad_request("The 'tags' property must be an object.")),
+    };
+    let caller_tenant = ctx.caller.tenant_id.clone();
+    let (created, tenant, identity) = ctx
+        .app
+        .store
+        .update(|s| {
+            if let Some((ti, ii)) = s.identity_position(&scope.subscription, &scope.group, name) {
+                let tenant = &mut s.tenants[ti];
+                let identity = &mut tenant.identities[ii];
+                identity.location = location;
+                identity.tags = tags;
+                return Ok::<_, ArmError>((false, tenant.id.clone(), identity.clone()));
+            }
+            let tenant = s
+                .tenant_mut(&caller_tenant)
+                .ok_or_else(|| auth_error(BearerError::Issuer(ctx.caller.issuer.clone())))?;
+            let identity = Identity {
+                subscription_id: scope.subscription.to_ascii_lowercase(),
+                resource_group: scope.group.clone(),
+                name: name.to_string(),
+                location,
+                tags,
+                client_id: Uuid::new_v4().to_string(),
+                principal_id: Uuid::new_v4().to_string(),
+                credentials: Vec::new(),
+            };
+            tenant.identities.push(identity.clone());
+            Ok((true, tenant.id.clone(), identity))
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    if created {
+        tracing::info!(identity = %identity.resource_id(), "arm: created user-assigned identity");
+    }
+    Ok((status, Json(identity_json(&identity, &tenant))).into_response())
+}
+
+async fn delete_identity(ctx: &Ctx<'_>, scope: &Scope, name: &str) -> Result<Response, ArmError> {
+    let deleted = ctx
+        .app
+        .store
+        .update(|s| {
+            let Some((ti, ii)) = s.identity_position(&scope.subscription, &scope.group, name) else {
+                return Ok::<_, ArmError>(false);
+            };
+            s.tenants[ti].identities.remove(ii);
+            Ok(true)
+        })
+        .await?;
+    Ok(if deleted {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    }
+    .into_response())
+}
+
+async fn list_credentials(ctx: &Ctx<'_>, scope: &Scope, name: &str) -> Result<Response, ArmError> {
+    let (_, identity) = find_identity(ctx, scope, name)
+        .await
+        .ok_or_else(parent_not_found)?;
+    let top = match ctx.query.get("$top").and_then(Value::as_str) {
+        None => None,
+        Some(t) => Some(
+            t.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ArmError::bad_request(format!("The value '{t}' of $top is invalid.")))?,
+        ),
+    };
+    let skip = ctx
+        .query
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("$skiptoken"))
+        .and_then(|(_, v)| v.as_str())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let page_size = top.unwrap_or(usize::MAX);
+    let value: Vec<Value> = identity
+        .credentials
+        .iter()
+        .skip(skip)
+        .take(page_size)
+        .map(|c| credential_json(ctx, &identity, c))
+        .collect();
+    let mut body = json!({ "value": value });
+    let next = skip.saturating_add(page_size);
+    if next < identity.credentials.len() {
+        body["nextLink"] = Value::from(format!(
+            "{}/arm{}?api-version={}&$top={page_size}&$skiptoken={next}",
+            ctx.app.base_url, ctx.path, ctx.api_version
+        ));
+    }
+    Ok(Json(body).into_response())
+}
+
+async fn get_credential(ctx: &Ctx<'_>, scope: &Scope, name: &str, fic: &str) -> Result<Response, ArmError> {
+    let (_, identity) = find_identity(ctx, scope, name)
+        .await
+        .ok_or_else(parent_not_found)?;
+    let credential = identity
+        .credentials
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(fic))
+        .ok_or_else(|| {
+            ArmError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("The federated identity credential '{fic}' was not found."),
+            )
+        })?;
+    Ok(Json(credential_json(ctx, &identity, credential)).into_response())
+}
+
+/// The per-identity write window: a second writer while it is held gets 409.
+async fn write_lock(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    name: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, ArmError> {
+    let resource_id = format!(
+        "/subscriptions/{}/resourcegroups/{}/providers/microsoft.managedidentity/userassignedidentities/{}",
+        scope.subscription, scope.group, name
+    )
+    .to_ascii_lowercase();
+    let guard = ctx.app.arm_lock(&resource_id).try_lock_owned().map_err(|_| {
+        tracing::info!(identity = %resource_id, "arm: concurrent credential write refused");
+        ArmError::new(
+            StatusCode::CONFLICT,
+            "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity",
+            format!(
+                "Too many Federated Identity Credentials are written concurrently for the managed identity '{resource_id}'. Concurrent Federated Identity Credentials writes under the same managed identity are not supported."
+            ),
+        )
+    })?;
+    let hold = ctx.app.settings().arm_write_hold_ms;
+    if hold > 0 {
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+    }
+    Ok(guard)
+}
+
+async fn put_credential(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    name: &str,
+    fic: &str,
+    body: &[u8],
+) -> Result<Response, ArmError> {
+    let settings = ctx.app.settings();
+    let map = parse_body(body)?;
+    let properties = match map.get("properties") {
+        Some(Value::Object(p)) if !p.is_empty() => p.clone(),
+        _ => {
+            return Err(ArmError::bad_request(
+                "Federated Identity Credential from HTTP body has empty properties",
+            ));
+        }
+    };
+    credentials::validate_name(fic, true).map_err(violation)?;
+    let string = |key: &str| -> Result<Option<String>, ArmError> {
+        match properties.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(violation(Violation::Missing("issuer"))),
+        }
+    };
+    let issuer = string("issuer")?;
+    let subject = string("subject")?;
+    let audiences = match properties.get("audiences") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| violation(Violation::Missing("audiences")))?,
+        ),
+        Some(_) => return Err(violation(Violation::Missing("audiences"))),
+    };
+    let expression = if FLEXIBLE_API_VERSIONS.contains(&ctx.api_version) {
+        properties
+            .get("claimsMatchingExpression")
+            .filter(|v| !v.is_null())
+            .cloned()
+    } else {
+        None
+    };
+    let (Some(issuer), Some(audiences)) = (issuer, audiences) else {
+        return Err(violation(Violation::Missing("issuer")));
+    };
+    if subject.is_none() && expression.is_none() {
+        return Err(violation(Violation::Missing("subject")));
+    }
+    let mut candidate = Credential {
+        id: Uuid::new_v4().to_string(),
+        name: fic.to_string(),
+        issuer,
+        subject,
+        audiences,
+        description: None,
+        claims_matching_expression: expression,
+        visible_after_ms: 0,
+        previous: None,
+    };
+    credentials::validate_values(&candidate).map_err(violation)?;
+
+    let _guard = write_lock(ctx, scope, name).await?;
+    let (created, identity, credential) = ctx
+        .app
+        .store
+        .update(|s| {
+            let (ti, ii) = s
+                .identity_position(&scope.subscription, &scope.group, name)
+                .ok_or_else(parent_not_found)?;
+            let identity = &mut s.tenants[ti].identities[ii];
+            let now = now_ms();
+            let existing = identity
+                .credentials
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(fic));
+            if let Some(index) = existing {
+                let current = &identity.credentials[index];
+                candidate.id = current.id.clone();
+                candidate.name = current.name.clone();
+                if candidate.matcher() == current.matcher() {
+                    candidate.visible_after_ms = current.visible_after_ms;
+                    candidate.previous = current.previous.clone();
+                } else {
+                    candidate.previous = current.honoured(now);
+                    candidate.visible_after_ms = now.saturating_add(settings.propagation_delay_ms);
+                }
+            } else {
+                candidate.visible_after_ms = now.saturating_add(settings.propagation_delay_ms);
+            }
+            credentials::check_collisions(
+                &identity.credentials,
+                &candidate,
+                settings.max_credentials_per_parent,
+            )
+            .map_err(violation)?;
+            match existing {
+                Some(index) => identity.credentials[index] = candidate.clone(),
+                None => identity.credentials.push(candidate.clone()),
+            }
+            Ok::<_, ArmError>((existing.is_none(), identity.clone(), candidate))
+        })
+        .await?;
+    tracing::info!(
+        identity = %identity.resource_id(),
+        credential = %credential.name,
+        created,
+        "arm: wrote federated identity credential"
+    );
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(credential_json(ctx, &identity, &credential))).into_response())
+}
+
+async fn delete_credential(
+    ctx: &Ctx<'_>,
+    scope: &Scope,
+    name: &str,
+    fic: &str,
+) -> Result<Response, ArmError> {
+    if find_identity(ctx, scope, name).await.is_none() {
+        return Err(parent_not_found());
+    }
+    let _guard = write_lock(ctx, scope, name).await?;
+    let deleted = ctx
+        .app
+        .store
+        .update(|s| {
+            let (ti, ii) = s
+                .identity_position(&scope.subscription, &scope.group, name)
+                .ok_or_else(parent_not_found)?;
+            let credentials = &mut s.tenants[ti].identities[ii].credentials;
+            let Some(index) = credentials.iter().position(|c| c.name.eq_ignore_ascii_case(fic)) else {
+                return Ok::<_, ArmError>(false);
+            };
+            credentials.remove(index);
+            Ok(true)
+        })
+        .await?;
+    Ok(if deleted {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    }
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(path: &str) -> Vec<String> {
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    const SUB: &str = "0b1f6471-1bf0-4dda-aec3-cb9272f09590";
+
+    #[test]
+    fn targets() {
+        let base = format!(
+            "subscriptions/{SUB}/resourcegroups/rg/providers/microsoft.managedidentity/userAssignedIdentities"
+        );
+        assert!(matches!(parse_target(&segs(&base)), Ok(Target::Identities(_))));
+        assert!(
+            matches!(parse_target(&segs(&format!("{base}/mi"))), Ok(Target::Identity(_, n)) if n == "mi")
+        );
+        assert!(matches!(
+            parse_target(&segs(&format!("{base}/mi/federatedIdentityCredentials/f1"))),
+            Ok(Target::Credential(_, n, f)) if n == "mi" && f == "f1"
+        ));
+        assert!(parse_target(&segs(&format!("{base}/mi/other"))).is_err());
+        assert!(parse_target(&segs("subscriptions/not-a-guid/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities")).is_err());
+    }
+
+    #[test]
+    fn api_versions() {
+        let q = |v: &str| {
+            let mut m = Map::new();
+            m.insert("api-version".into(), Value::from(v));
+            m
+        };
+        assert_eq!(check_api_version(&q("2023-01-31")).ok(), Some("2023-01-31"));
+        assert_eq!(
+            check_api_version(&Map::new()).err().map(|e| e.code),
+            Some("MissingApiVersionParameter".to_string())
+        );
+        assert_eq!(
+            check_api_version(&q("2020-01-01")).err().map(|e| e.code),
+            Some("NoRegisteredProviderFound".to_string())
+        );
+        assert_eq!(
+            check_api_version(&q("latest")).err().map(|e| e.code),
+            Some("InvalidApiVersionParameter".to_string())
+        );
+    }
+}

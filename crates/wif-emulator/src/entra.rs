@@ -1,0 +1,633 @@
+//! The Entra side: OIDC discovery, JWKS, instance discovery and the v2 token endpoint with
+//! federated client assertion validation.
+//!
+//! Token endpoint checks, in this order (each failure answers the listed AADSTS code):
+//!
+//! | step | failure |
+//! |---|---|
+//! | tenant path segment well-formed / not `common`/`consumers` / known | 900023 / 9001023 / 90002 |
+//! | `grant_type` present / `client_credentials` | 900144 / 70003 |
+//! | `client_id`, `scope` present; scope is one `{resource}/.default` | 900144; 70011, 1002012, 700022 |
+//! | client is an application (appId) or user-assigned identity (clientId) of the tenant | 700016 |
+//! | `client_secret` (applications with seeded secrets only) | 7000215; neither secret nor assertion: 7000218 |
+//! | `client_assertion_type` present / jwt-bearer | 900144 / 90011 |
+//! | client has federated credentials at all | 70025 |
+//! | assertion is a JWS with `iss`, `sub`, `aud`, `exp`, alg RS256/ES256 | 50027 |
+//! | `iat` present, `exp - iat` ≤ 25 h | 70023 |
+//! | now within `[nbf, exp]` ± skew | 700024 |
+//! | `iss` equals (byte for byte) the issuer of a credential | 700211 |
+//! | issuer discovery + JWKS fetched over HTTPS / key for `kid` found / signature valid | 90061 / 7000272 / 700027 |
+//! | a credential with that issuer has the audience (in `aud`) | 700212 |
+//! | … and the subject (exact; 7002138 if it only matches ignoring case) | 700213 |
+//!
+//! A credential created or updated less than the propagation delay ago is not honoured yet: when
+//! only such a credential would match, the answer is `AADSTS70021`.
+
+use std::{collections::HashMap, time::Duration};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    app::{AppState, ClientAuth},
+    credentials::Matcher,
+    jwt::Jwt,
+    oidc::KeyError,
+    state::{Client, now_ms},
+    wire::AadError,
+};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const WIF_DOC: &str = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
+/// Maximum assertion lifetime Entra accepts: 1 day 1 hour.
+const MAX_ASSERTION_LIFETIME: i64 = 25 * 3600;
+/// Tenant aliases of multi-tenant endpoints.
+const MULTI_TENANT: &[&str] = &["common", "organizations", "consumers"];
+
+/// The `{tenant}` path segment, decoded leniently (axum's `Path` would answer a plain-text 400
+/// for invalid percent-encoding; Entra answers with its own error shape).
+fn tenant_segment(uri: &Uri) -> String {
+    let raw = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn valid_tenant_syntax(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+fn tenant_not_found(tenant: &str) -> AadError {
+    AadError::invalid_request(
+        90002,
+        format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+        ),
+    )
+}
+
+fn invalid_tenant_syntax(tenant: &str) -> AadError {
+    AadError::invalid_request(
+        900023,
+        format!(
+            "Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain."
+        ),
+    )
+}
+
+// === discovery ===
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+pub(crate) async fn openid_configuration(State(app): State<AppState>, uri: Uri) -> Response {
+    let tenant = tenant_segment(&uri);
+    let tenant_id = match resolve_for_discovery(&app, &tenant).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let base = &app.base_url;
+    let path_tenant = if MULTI_TENANT.contains(&tenant.to_ascii_lowercase().as_str()) {
+        tenant.to_ascii_lowercase()
+    } else {
+        tenant_id.clone()
+    };
+    let host = url::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let body = json!({
+        "token_endpoint": format!("{base}/{path_tenant}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/{path_tenant}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": app.issuer(&tenant_id),
+        "request_uri_parameter_supported": false,
+        "userinfo_endpoint": format!("{base}/graph/oidc/userinfo"),
+        "authorization_endpoint": format!("{base}/{path_tenant}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{base}/{path_tenant}/oauth2/v2.0/devicecode"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "end_session_endpoint": format!("{base}/{path_tenant}/oauth2/v2.0/logout"),
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "oid", "azp", "appid", "ver"],
+        "kerberos_endpoint": format!("{base}/{path_tenant}/kerberos"),
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": host,
+        "cloud_graph_host_name": host,
+        "msgraph_host": host,
+        "rbac_url": format!("{base}/arm"),
+    });
+    Json(body).into_response()
+}
+
+/// The tenant id for discovery: the real id, or `{tenantid}` for the multi-tenant aliases.
+async fn resolve_for_discovery(app: &AppState, tenant: &str) -> Result<String, AadError> {
+    if MULTI_TENANT.contains(&tenant.to_ascii_lowercase().as_str()) {
+        return Ok("{tenantid}".to_string());
+    }
+    if !valid_tenant_syntax(tenant) {
+        return Err(invalid_tenant_syntax(tenant));
+    }
+    let found = app.store.read(|s| s.tenant(tenant).map(|t| t.id.clone())).await;
+    found.ok_or_else(|| {
+        let mut err = tenant_not_found(tenant);
+        err.error = "invalid_tenant";
+        err
+    })
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys` (and `/{tenant}/discovery/keys`).
+pub(crate) async fn jwks(State(app): State<AppState>, uri: Uri) -> Response {
+    let tenant = tenant_segment(&uri);
+    let tenant_id = match resolve_for_discovery(&app, &tenant).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    Json(json!({ "keys": [app.signing.jwk(&app.issuer(&tenant_id))] })).into_response()
+}
+
+/// `GET /common/discovery/instance` (MSAL's instance discovery): the emulator's host is its own
+/// only alias.
+pub(crate) async fn instance_discovery(State(app): State<AppState>, uri: Uri) -> Response {
+    let tenant = tenant_segment(&uri);
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    if !MULTI_TENANT.contains(&tenant.to_ascii_lowercase().as_str()) {
+        return AadError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            90002,
+            "Instance discovery is only served on /common and /organizations.",
+        )
+        .into_response();
+    }
+    let host = url::Url::parse(&app.base_url)
+        .ok()
+        .map(|u| match u.port() {
+            Some(port) => format!("{}:{port}", u.host_str().unwrap_or_default()),
+            None => u.host_str().unwrap_or_default().to_string(),
+        })
+        .unwrap_or_default();
+    // The tenant of the authorization endpoint MSAL asks about, else `common`.
+    let asked_tenant = query
+        .get("authorization_endpoint")
+        .and_then(|e| url::Url::parse(e).ok())
+        .and_then(|u| u.path_segments().and_then(|mut s| s.next().map(str::to_string)))
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "common".into());
+    Json(json!({
+        "tenant_discovery_endpoint": format!("{}/{asked_tenant}/v2.0/.well-known/openid-configuration", app.base_url),
+        "api-version": "1.1",
+        "metadata": [{ "preferred_network": host, "preferred_cache": host, "aliases": [host] }],
+    }))
+    .into_response()
+}
+
+// === token endpoint ===
+
+/// `GET /{tenant}/oauth2/v2.0/token`: Entra only takes POST.
+pub(crate) async fn token_get(headers: HeaderMap) -> Response {
+    AadError::invalid_request(
+        900561,
+        "The endpoint only accepts POST requests. Received a GET request.",
+    )
+    .with_correlation(crate::wire::client_request_id(&headers))
+    .into_response()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`.
+pub(crate) async fn token(
+    State(app): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = tenant_segment(&uri);
+    let correlation = crate::wire::client_request_id(&headers);
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        });
+    // A body that is not a form carries no parameters: Entra then reports the first missing one.
+    let mut form: HashMap<String, String> = HashMap::new();
+    if is_form {
+        for (key, value) in url::form_urlencoded::parse(&body) {
+            form.entry(key.into_owned()).or_insert_with(|| value.into_owned());
+        }
+    }
+    match exchange(&app, &tenant, &form).await {
+        Ok(body) => {
+            let mut response = Json(body).into_response();
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store, no-cache"),
+            );
+            response
+        }
+        Err(err) => {
+            tracing::info!(
+                tenant,
+                client_id = form.get("client_id").map(String::as_str).unwrap_or_default(),
+                code = err.code,
+                "token request refused"
+            );
+            err.with_correlation(correlation).into_response()
+        }
+    }
+}
+
+fn param<'a>(form: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    form.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+async fn exchange(
+    app: &AppState,
+    tenant_key: &str,
+    form: &HashMap<String, String>,
+) -> Result<Value, AadError> {
+    if !valid_tenant_syntax(tenant_key) {
+        return Err(invalid_tenant_syntax(tenant_key));
+    }
+    if matches!(tenant_key.to_ascii_lowercase().as_str(), "common" | "consumers") {
+        return Err(AadError::invalid_request(
+            9001023,
+            "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.",
+        ));
+    }
+    let tenant = app
+        .store
+        .read(|s| s.tenant(tenant_key).cloned())
+        .await
+        .ok_or_else(|| tenant_not_found(tenant_key))?;
+
+    let grant_type = param(form, "grant_type").ok_or_else(|| AadError::missing_parameter("grant_type"))?;
+    if grant_type != "client_credentials" {
+        return Err(AadError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            format!("The app requested an unsupported grant type '{grant_type}'."),
+        ));
+    }
+    let client_id = param(form, "client_id").ok_or_else(|| AadError::missing_parameter("client_id"))?;
+    let scope = param(form, "scope").ok_or_else(|| AadError::missing_parameter("scope"))?;
+    let resource = resource_from_scope(scope)?;
+    let client = tenant.client(client_id).ok_or_else(|| {
+        AadError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant_key}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        )
+    })?;
+
+    let auth = match (param(form, "client_assertion"), param(form, "client_secret")) {
+        (Some(assertion), _) => {
+            let assertion_type = param(form, "client_assertion_type")
+                .ok_or_else(|| AadError::missing_parameter("client_assertion_type"))?;
+            if assertion_type != JWT_BEARER {
+                return Err(AadError::invalid_request(
+                    90011,
+                    "Unexpected client assertion type.",
+                ));
+            }
+            validate_assertion(app, client, client_id, assertion).await?;
+            ClientAuth::Assertion
+        }
+        (None, Some(secret)) => {
+            let accepted = match client {
+                Client::Application(a) => a.client_secrets.iter().any(|s| s == secret),
+                Client::Identity(_) => false,
+            };
+            if !accepted {
+                return Err(AadError::invalid_client(
+                    7000215,
+                    format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                ));
+            }
+            ClientAuth::Secret
+        }
+        (None, None) => {
+            return Err(AadError::invalid_client(
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ));
+        }
+    };
+    let body = app.issue_token(&tenant, client, &resource, auth).map_err(|e| {
+        tracing::error!(error = %e, "failed to sign an access token");
+        AadError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            50000,
+            "There was an error issuing a token.",
+        )
+    })?;
+    tracing::info!(tenant = %tenant.id, client_id, resource, "issued an access token");
+    Ok(body)
+}
+
+/// `{resource}/.default` → resource. OIDC scopes that MSAL may add are ignored.
+pub(crate) fn resource_from_scope(scope: &str) -> Result<String, AadError> {
+    let invalid = || {
+        AadError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            format!(
+                "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            ),
+        )
+    };
+    let scopes: Vec<&str> = scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .filter(|s| !matches!(*s, "openid" | "profile" | "offline_access" | "email"))
+        .collect();
+    let mut resources: Vec<&str> = Vec::new();
+    for s in &scopes {
+        let resource = s.strip_suffix("/.default").ok_or_else(|| {
+            AadError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                1002012,
+                format!(
+                    "The provided value for scope {s} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
+            )
+        })?;
+        if resource.is_empty() || resource.chars().any(char::is_control) {
+            return Err(invalid());
+        }
+        if !resources.contains(&resource) {
+            resources.push(resource);
+        }
+    }
+    match resources.as_slice() {
+        [] => Err(invalid()),
+        [one] => Ok((*one).to_string()),
+        _ => Err(AadError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            700022,
+            format!(
+                "The provided value for the input parameter scope is not valid because it contains more than one resource. Scope {scope} is not valid."
+            ),
+        )),
+    }
+}
+
+fn entra_time(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S.0000000Z").to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn no_match(message: String, code: u32) -> AadError {
+    AadError::invalid_client(code, message)
+}
+
+async fn validate_assertion(
+    app: &AppState,
+    client: Client<'_>,
+    client_id: &str,
+    assertion: &str,
+) -> Result<(), AadError> {
+    let settings = app.settings();
+    let credentials = client.credentials();
+    if credentials.is_empty() {
+        return Err(AadError::invalid_client(
+            70025,
+            format!("The client '{client_id}' has no configured federated identity credentials."),
+        ));
+    }
+    let malformed = || AadError::invalid_request(50027, "JWT token is invalid or malformed.");
+    let jwt = Jwt::parse(assertion).ok_or_else(malformed)?;
+    let alg = jwt.alg().ok_or_else(malformed)?.to_string();
+    if !matches!(alg.as_str(), "RS256" | "ES256") {
+        return Err(AadError::invalid_request(
+            50027,
+            format!("JWT token is invalid or malformed. The signing algorithm '{alg}' is not supported."),
+        ));
+    }
+    let (Some(iss), Some(sub)) = (jwt.claim_str("iss"), jwt.claim_str("sub")) else {
+        return Err(malformed());
+    };
+    let audiences = jwt.audiences();
+    let exp = jwt.claim_time("exp").ok_or_else(malformed)?;
+    if audiences.is_empty() {
+        return Err(malformed());
+    }
+
+    // Lifetime.
+    let iat = jwt.claim_time("iat");
+    if iat.is_none_or(|iat| exp.saturating_sub(iat) > MAX_ASSERTION_LIFETIME) {
+        return Err(AadError::invalid_request(
+            70023,
+            format!(
+                "External OIDC Provider token must have a lifetime of less than or equal to 1.01:00:00. Token issued at {}. Token expires on {exp}.",
+                iat.unwrap_or(0)
+            ),
+        ));
+    }
+    let now_ms = now_ms();
+    let now = (now_ms / 1000) as i64;
+    let skew = i64::try_from(settings.clock_skew_seconds).unwrap_or(i64::MAX);
+    let nbf = jwt.claim_time("nbf");
+    if now > exp.saturating_add(skew) || nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+        return Err(AadError::invalid_client(
+            700024,
+            format!(
+                "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
+                entra_time(now),
+                entra_time(nbf.or(iat).unwrap_or(0)),
+                entra_time(exp)
+            ),
+        ));
+    }
+
+    // Credentials honoured now, and those still propagating.
+    let honoured: Vec<Matcher> = credentials.iter().filter_map(|c| c.honoured(now_ms)).collect();
+    let pending: Vec<Matcher> = credentials.iter().filter_map(|c| c.pending(now_ms)).collect();
+    let audience_text = audiences.join(", ");
+    let matches_fully = |m: &Matcher| {
+        m.issuer == iss
+            && m.subject.as_deref() == Some(sub)
+            && m.audiences.iter().any(|a| audiences.contains(a))
+    };
+    let propagating = pending.iter().any(matches_fully);
+    let not_yet_propagated = || {
+        no_match(
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{audience_text}'. {WIF_DOC}"
+            ),
+            70021,
+        )
+    };
+
+    // Issuer (byte-exact).
+    let known_issuer = honoured.iter().chain(&pending).any(|m| m.issuer == iss);
+    if !known_issuer {
+        return Err(no_match(
+            format!(
+                "No matching federated identity record found for presented assertion issuer '{iss}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
+            ),
+            700211,
+        ));
+    }
+
+    // Signature against the issuer's published keys.
+    let keys = app
+        .issuers
+        .candidates(
+            iss,
+            jwt.kid(),
+            &alg,
+            Duration::from_secs(settings.jwks_cache_ttl_seconds),
+            Duration::from_millis(settings.outbound_timeout_ms.max(1)),
+        )
+        .await;
+    match keys {
+        Err(KeyError::Unreachable(reason)) => {
+            tracing::warn!(
+                issuer = iss,
+                reason,
+                "failed to fetch the assertion issuer's keys"
+            );
+            return Err(AadError::invalid_request(
+                90061,
+                "Request to External OIDC endpoint failed.",
+            ));
+        }
+        Err(KeyError::NotFound) => {
+            return Err(AadError::invalid_client(
+                7000272,
+                format!(
+                    "The certificate with identifier {} used to sign the federated credential could not be found in the metadata of identity provider {iss}. Please validate that your Identity Provider's metadata exposes the key used to sign the incoming token.",
+                    jwt.kid().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(keys) => {
+            if !keys.iter().any(|key| jwt.verify(key)) {
+                return Err(AadError::invalid_client(
+                    700027,
+                    "Client assertion failed signature validation.",
+                ));
+            }
+        }
+    }
+
+    let by_issuer: Vec<&Matcher> = honoured.iter().filter(|m| m.issuer == iss).collect();
+    if by_issuer.is_empty() {
+        return Err(not_yet_propagated());
+    }
+    let by_audience: Vec<&Matcher> = by_issuer
+        .into_iter()
+        .filter(|m| m.audiences.iter().any(|a| audiences.contains(a)))
+        .collect();
+    if by_audience.is_empty() {
+        if propagating {
+            return Err(not_yet_propagated());
+        }
+        return Err(no_match(
+            format!(
+                "No matching federated identity record found for presented assertion audience '{audience_text}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
+            ),
+            700212,
+        ));
+    }
+    if by_audience.iter().any(|m| m.subject.as_deref() == Some(sub)) {
+        return Ok(());
+    }
+    if propagating {
+        return Err(not_yet_propagated());
+    }
+    let case_only = by_audience
+        .iter()
+        .any(|m| m.subject.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(sub)));
+    if case_only {
+        return Err(no_match(
+            format!(
+                "No matching federated identity record found for presented assertion subject '{sub}'. The subject matches a federated identity credential subject only when compared case-insensitively; matching is case-sensitive. {WIF_DOC}"
+            ),
+            7002138,
+        ));
+    }
+    Err(no_match(
+        format!(
+            "No matching federated identity record found for presented assertion subject '{sub}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
+        ),
+        700213,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            resource_from_scope("https://graph.microsoft.com/.default").ok(),
+            Some("https://graph.microsoft.com".into())
+        );
+        assert_eq!(
+            resource_from_scope("https://management.core.windows.net//.default").ok(),
+            Some("https://management.core.windows.net/".into())
+        );
+        assert_eq!(
+            resource_from_scope("api://x/.default openid offline_access").ok(),
+            Some("api://x".into())
+        );
+        assert_eq!(
+            resource_from_scope("api://x/read").err().map(|e| e.code),
+            Some(1002012)
+        );
+        assert_eq!(
+            resource_from_scope("/.default").err().map(|e| e.code),
+            Some(70011)
+        );
+        assert_eq!(resource_from_scope("openid").err().map(|e| e.code), Some(70011));
+        assert_eq!(
+            resource_from_scope("api://a/.default api://b/.default")
+                .err()
+                .map(|e| e.code),
+            Some(700022)
+        );
+    }
+
+    #[test]
+    fn tenant_syntax() {
+        assert!(valid_tenant_syntax("contoso.onmicrosoft.com"));
+        assert!(valid_tenant_syntax("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(!valid_tenant_syntax("a b"));
+        assert!(!valid_tenant_syntax(""));
+    }
+}

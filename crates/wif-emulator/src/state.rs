@@ -1,0 +1,551 @@
+//! The directory (tenants, applications, user-assigned identities, their federated credentials),
+//! persisted as `state.json` in the state directory and rewritten atomically after each change.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    Error, Result,
+    config::{CredentialSeed, DEFAULT_AUDIENCE, Seed, Settings},
+    credentials::{self, Credential, Violation},
+};
+
+const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// RFC 3339 in UTC with second precision, as Graph's `createdDateTime`.
+pub(crate) fn rfc3339_now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Whether `s` is a GUID in its usual hyphenated form.
+pub(crate) fn is_guid(s: &str) -> bool {
+    s.len() == 36 && Uuid::parse_str(s).is_ok()
+}
+
+/// The whole persisted directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct State {
+    pub(crate) version: u32,
+    pub(crate) tenants: Vec<Tenant>,
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Tenant {
+    pub(crate) id: String,
+    pub(crate) domains: Vec<String>,
+    pub(crate) applications: Vec<Application>,
+    pub(crate) identities: Vec<Identity>,
+}
+
+/// An application registration and its implicit service principal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Application {
+    pub(crate) id: String,
+    pub(crate) app_id: String,
+    pub(crate) display_name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) unique_name: Option<String>,
+    pub(crate) service_principal_id: String,
+    pub(crate) created_date_time: String,
+    pub(crate) client_secrets: Vec<String>,
+    pub(crate) credentials: Vec<Credential>,
+}
+
+/// A user-assigned managed identity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Identity {
+    pub(crate) subscription_id: String,
+    pub(crate) resource_group: String,
+    pub(crate) name: String,
+    pub(crate) location: String,
+    pub(crate) tags: serde_json::Map<String, serde_json::Value>,
+    pub(crate) client_id: String,
+    pub(crate) principal_id: String,
+    pub(crate) credentials: Vec<Credential>,
+}
+
+impl Identity {
+    /// The ARM resource id as ARM writes it in `id` (lower-case `resourcegroups`).
+    pub(crate) fn resource_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            self.subscription_id, self.resource_group, self.name
+        )
+    }
+
+    pub(crate) fn is(&self, subscription: &str, group: &str, name: &str) -> bool {
+        self.subscription_id.eq_ignore_ascii_case(subscription)
+            && self.resource_group.eq_ignore_ascii_case(group)
+            && self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// A token endpoint client: an application or a user-assigned identity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Client<'a> {
+    Application(&'a Application),
+    Identity(&'a Identity),
+}
+
+impl<'a> Client<'a> {
+    pub(crate) fn credentials(&self) -> &'a [Credential] {
+        match self {
+            Self::Application(app) => &app.credentials,
+            Self::Identity(identity) => &identity.credentials,
+        }
+    }
+}
+
+impl Tenant {
+    pub(crate) fn client(&self, client_id: &str) -> Option<Client<'_>> {
+        if let Some(app) = self
+            .applications
+            .iter()
+            .find(|a| a.app_id.eq_ignore_ascii_case(client_id))
+        {
+            return Some(Client::Application(app));
+        }
+        self.identities
+            .iter()
+            .find(|i| i.client_id.eq_ignore_ascii_case(client_id))
+            .map(Client::Identity)
+    }
+
+    fn client_id_taken(&self, id: &str) -> bool {
+        self.client(id).is_some()
+            || self
+                .applications
+                .iter()
+                .any(|a| a.id.eq_ignore_ascii_case(id) || a.service_principal_id.eq_ignore_ascii_case(id))
+            || self
+                .identities
+                .iter()
+                .any(|i| i.principal_id.eq_ignore_ascii_case(id))
+    }
+}
+
+impl State {
+    /// The tenant addressed by id or by one of its domains (case-insensitive).
+    pub(crate) fn tenant(&self, key: &str) -> Option<&Tenant> {
+        self.tenants
+            .iter()
+            .find(|t| t.id.eq_ignore_ascii_case(key) || t.domains.iter().any(|d| d.eq_ignore_ascii_case(key)))
+    }
+
+    pub(crate) fn tenant_mut(&mut self, key: &str) -> Option<&mut Tenant> {
+        self.tenants
+            .iter_mut()
+            .find(|t| t.id.eq_ignore_ascii_case(key) || t.domains.iter().any(|d| d.eq_ignore_ascii_case(key)))
+    }
+
+    /// The tenant that owns a subscription (the tenant of any identity in it).
+    pub(crate) fn subscription_tenant(&self, subscription: &str) -> Option<&str> {
+        self.tenants
+            .iter()
+            .find(|t| {
+                t.identities
+                    .iter()
+                    .any(|i| i.subscription_id.eq_ignore_ascii_case(subscription))
+            })
+            .map(|t| t.id.as_str())
+    }
+
+    /// Finds an identity: (tenant index, identity index).
+    pub(crate) fn identity_position(
+        &self,
+        subscription: &str,
+        group: &str,
+        name: &str,
+    ) -> Option<(usize, usize)> {
+        self.tenants.iter().enumerate().find_map(|(ti, t)| {
+            t.identities
+                .iter()
+                .position(|i| i.is(subscription, group, name))
+                .map(|ii| (ti, ii))
+        })
+    }
+
+    /// Applies a seed: creates what is missing, leaves what exists.
+    pub(crate) fn apply_seed(&mut self, seed: &Seed, settings: &Settings) -> Result<(), String> {
+        for ts in &seed.tenants {
+            if !is_guid(&ts.id) {
+                return Err(format!("tenant id {:?} is not a GUID", ts.id));
+            }
+            let tenant_id = ts.id.to_ascii_lowercase();
+            if self.tenant(&tenant_id).is_none() {
+                self.tenants.push(Tenant {
+                    id: tenant_id.clone(),
+                    ..Tenant::default()
+                });
+            }
+            // Subscriptions belong to one tenant.
+            for is in &ts.user_assigned_identities {
+                if let Some(owner) = self.subscription_tenant(&is.subscription_id)
+                    && !owner.eq_ignore_ascii_case(&tenant_id)
+                {
+                    return Err(format!(
+                        "subscription {} already belongs to tenant {owner}",
+                        is.subscription_id
+                    ));
+                }
+            }
+            let tenant = self
+                .tenant_mut(&tenant_id)
+                .ok_or_else(|| format!("tenant {tenant_id} vanished"))?;
+            for domain in &ts.domains {
+                if !tenant.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+                    tenant.domains.push(domain.clone());
+                }
+            }
+            for app_seed in &ts.applications {
+                seed_application(tenant, app_seed, settings)?;
+            }
+            for id_seed in &ts.user_assigned_identities {
+                seed_identity(tenant, id_seed, settings)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn optional_guid(value: &Option<String>, what: &str) -> Result<String, String> {
+    match value {
+        Some(v) if is_guid(v) => Ok(v.to_ascii_lowercase()),
+        Some(v) => Err(format!("{what} {v:?} is not a GUID")),
+        None => Ok(Uuid::new_v4().to_string()),
+    }
+}
+
+fn seed_application(
+    tenant: &mut Tenant,
+    seed: &crate::config::ApplicationSeed,
+    settings: &Settings,
+) -> Result<(), String> {
+    let existing = tenant.applications.iter().position(|a| match &seed.app_id {
+        Some(app_id) => a.app_id.eq_ignore_ascii_case(app_id),
+        None => a.display_name == seed.display_name,
+    });
+    let index = match existing {
+        Some(index) => index,
+        None => {
+            let app_id = optional_guid(&seed.app_id, "appId")?;
+            let id = optional_guid(&seed.id, "application id")?;
+            let sp = optional_guid(&seed.service_principal_id, "servicePrincipalId")?;
+            for taken in [&app_id, &id, &sp] {
+                if tenant.client_id_taken(taken) {
+                    return Err(format!("id {taken} is already used in tenant {}", tenant.id));
+                }
+            }
+            tenant.applications.push(Application {
+                id,
+                app_id,
+                display_name: seed.display_name.clone(),
+                service_principal_id: sp,
+                created_date_time: rfc3339_now(),
+                client_secrets: seed.client_secrets.clone(),
+                ..Application::default()
+            });
+            tenant.applications.len() - 1
+        }
+    };
+    let app = &mut tenant.applications[index];
+    for secret in &seed.client_secrets {
+        if !app.client_secrets.contains(secret) {
+            app.client_secrets.push(secret.clone());
+        }
+    }
+    let label = format!("application {}", app.display_name);
+    seed_credentials(
+        &mut app.credentials,
+        &seed.federated_identity_credentials,
+        settings,
+        &label,
+    )
+}
+
+fn seed_identity(
+    tenant: &mut Tenant,
+    seed: &crate::config::IdentitySeed,
+    settings: &Settings,
+) -> Result<(), String> {
+    if !is_guid(&seed.subscription_id) {
+        return Err(format!("subscriptionId {:?} is not a GUID", seed.subscription_id));
+    }
+    if seed.resource_group.is_empty() || seed.name.is_empty() {
+        return Err("userAssignedIdentities need a resourceGroup and a name".into());
+    }
+    let existing = tenant
+        .identities
+        .iter()
+        .position(|i| i.is(&seed.subscription_id, &seed.resource_group, &seed.name));
+    let index = match existing {
+        Some(index) => index,
+        None => {
+            let client_id = optional_guid(&seed.client_id, "clientId")?;
+            let principal_id = optional_guid(&seed.principal_id, "principalId")?;
+            for taken in [&client_id, &principal_id] {
+                if tenant.client_id_taken(taken) {
+                    return Err(format!("id {taken} is already used in tenant {}", tenant.id));
+                }
+            }
+            tenant.identities.push(Identity {
+                subscription_id: seed.subscription_id.to_ascii_lowercase(),
+                resource_group: seed.resource_group.clone(),
+                name: seed.name.clone(),
+                location: seed.location.clone().unwrap_or_else(|| "westeurope".into()),
+                client_id,
+                principal_id,
+                ..Identity::default()
+            });
+            tenant.identities.len() - 1
+        }
+    };
+    let identity = &mut tenant.identities[index];
+    let label = format!("identity {}", identity.name);
+    seed_credentials(
+        &mut identity.credentials,
+        &seed.federated_identity_credentials,
+        settings,
+        &label,
+    )
+}
+
+fn seed_credentials(
+    existing: &mut Vec<Credential>,
+    seeds: &[CredentialSeed],
+    settings: &Settings,
+    label: &str,
+) -> Result<(), String> {
+    for seed in seeds {
+        if existing.iter().any(|c| c.name.eq_ignore_ascii_case(&seed.name)) {
+            continue;
+        }
+        let credential = Credential {
+            id: Uuid::new_v4().to_string(),
+            name: seed.name.clone(),
+            issuer: seed.issuer.clone(),
+            subject: Some(seed.subject.clone()),
+            audiences: seed
+                .audiences
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_string()]),
+            description: seed.description.clone(),
+            claims_matching_expression: None,
+            visible_after_ms: 0,
+            previous: None,
+        };
+        credentials::validate_name(&credential.name, settings.strict_credential_names)
+            .and_then(|()| credentials::validate_values(&credential))
+            .and_then(|()| {
+                credentials::check_collisions(existing, &credential, settings.max_credentials_per_parent)
+            })
+            .map_err(|v: Violation| format!("credential {:?} of {label}: {v:?}", seed.name))?;
+        existing.push(credential);
+    }
+    Ok(())
+}
+
+/// A write to the state file failed; the change was rolled back.
+#[derive(Debug)]
+pub(crate) struct PersistFailed;
+
+/// The state behind a lock, persisted after each successful change.
+#[derive(Debug)]
+pub(crate) struct Store {
+    path: PathBuf,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Store {
+    /// Loads `state.json` from `dir`, or starts empty.
+    pub(crate) async fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let state = match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::ParseState {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                version: STATE_VERSION,
+                tenants: Vec::new(),
+            },
+            Err(source) => return Err(Error::ReadFile { path, source }),
+        };
+        Ok(Self {
+            path,
+            state: tokio::sync::Mutex::new(state),
+        })
+    }
+
+    /// Reads the state.
+    pub(crate) async fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&*self.state.lock().await)
+    }
+
+    /// Changes the state; on `Ok` the new state is persisted before the lock is released, and if
+    /// that fails the change is rolled back.
+    pub(crate) async fn update<R, E: From<PersistFailed>>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut guard = self.state.lock().await;
+        let before = guard.clone();
+        let result = f(&mut guard)?;
+        if *guard != before
+            && let Err(e) = self.persist(&guard).await
+        {
+            tracing::error!(error = %e, path = %self.path.display(), "failed to persist state");
+            *guard = before;
+            return Err(E::from(PersistFailed));
+        }
+        Ok(result)
+    }
+
+    async fn persist(&self, state: &State) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::WriteFile {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.path, &bytes, false).await
+    }
+}
+
+/// Writes a file via a temporary file in the same directory, fsync and rename, so a crash leaves
+/// either the old or the new content. `private` files are made readable by the owner only.
+pub(crate) async fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let err = |source| Error::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", Uuid::new_v4().simple()));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(if private { 0o600 } else { 0o644 });
+    #[cfg(not(unix))]
+    let _ = private;
+    let result = async {
+        let mut file = options.open(&tmp).await?;
+        file.write_all(bytes).await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&tmp, path).await
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ApplicationSeed, IdentitySeed, TenantSeed};
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    fn seed() -> Seed {
+        Seed {
+            tenants: vec![TenantSeed {
+                id: TENANT.into(),
+                domains: vec!["contoso.onmicrosoft.com".into()],
+                applications: vec![ApplicationSeed {
+                    display_name: "app".into(),
+                    app_id: Some("5e3ce6c0-2b1f-4285-8d4b-75ee78787346".into()),
+                    federated_identity_credentials: vec![CredentialSeed {
+                        name: "fic".into(),
+                        issuer: "https://issuer".into(),
+                        subject: "system:serviceaccount:a:b".into(),
+                        ..CredentialSeed::default()
+                    }],
+                    ..ApplicationSeed::default()
+                }],
+                user_assigned_identities: vec![IdentitySeed {
+                    subscription_id: "0b1f6471-1bf0-4dda-aec3-cb9272f09590".into(),
+                    resource_group: "rg".into(),
+                    name: "mi".into(),
+                    ..IdentitySeed::default()
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn seeding_is_idempotent() {
+        let mut state = State::default();
+        state.apply_seed(&seed(), &Settings::default()).expect("seeds");
+        let once = state.clone();
+        state
+            .apply_seed(&seed(), &Settings::default())
+            .expect("seeds again");
+        assert_eq!(state, once);
+        let tenant = state.tenant("CONTOSO.onmicrosoft.com").expect("by domain");
+        assert_eq!(
+            tenant.applications[0].credentials[0].audiences,
+            vec![DEFAULT_AUDIENCE]
+        );
+        assert!(tenant.client("5E3CE6C0-2B1F-4285-8D4B-75EE78787346").is_some());
+        assert!(tenant.client(&tenant.identities[0].client_id).is_some());
+    }
+
+    #[test]
+    fn seeding_refuses_invalid_credentials_and_foreign_subscriptions() {
+        let mut bad = seed();
+        bad.tenants[0].applications[0].federated_identity_credentials[0].name = "x".into();
+        assert!(State::default().apply_seed(&bad, &Settings::default()).is_err());
+
+        let mut state = State::default();
+        state.apply_seed(&seed(), &Settings::default()).expect("seeds");
+        let mut other = seed();
+        other.tenants[0].id = "00000000-0000-0000-0000-000000000001".into();
+        other.tenants[0].applications.clear();
+        assert!(state.apply_seed(&other, &Settings::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn store_persists_and_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("opens");
+        store
+            .update(|s| {
+                s.apply_seed(&seed(), &Settings::default())
+                    .map_err(|_| PersistFailed)
+            })
+            .await
+            .expect("updates");
+        let reopened = Store::open(dir.path()).await.expect("reopens");
+        let count = reopened.read(|s| s.tenants.len()).await;
+        assert_eq!(count, 1);
+    }
+}

@@ -1,0 +1,17 @@
+//! The environment variables read by [`WorkloadIdentityCredential::from_env`](crate::WorkloadIdentityCredential::from_env)
+//! (the names every Azure SDK uses; the wif webhook injects the first four).
+
+/// Entra tenant id.
+pub const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+/// Client id of the app registration or user-assigned managed identity.
+pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+/// Path of the projected ServiceAccount token.
+pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+/// Authority host, e.g. `https://login.microsoftonline.com/`.
+pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// `;`-separated tenants a request may name besides `AZURE_TENANT_ID` (`*`: any).
+pub const AZURE_ADDITIONALLY_ALLOWED_TENANTS: &str = "AZURE_ADDITIONALLY_ALLOWED_TENANTS";
+/// `1` or `true`: per-request tenants are ignored.
+pub const AZURE_IDENTITY_DISABLE_MULTITENANTAUTH: &str = "AZURE_IDENTITY_DISABLE_MULTITENANTAUTH";
+/// PEM file of CA certificates trusted in addition to the system store.
+pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";

@@ -1,0 +1,270 @@
+//! `wif webhook` as a local process, registered with the API server by URL.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::admissionregistration::v1::{
+        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+    },
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+
+use crate::{ChildGuard, TestNs, free_port, tail, wif_bin};
+
+/// How to start the webhook.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    /// `--tenant-id`.
+    pub tenant_id: String,
+    /// `--cloud`.
+    pub cloud: String,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        Self {
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            cloud: "AzurePublicCloud".into(),
+        }
+    }
+}
+
+/// A running `wif webhook` with its certificate and its MutatingWebhookConfiguration.
+pub struct WebhookProcess {
+    /// The process (killed on drop).
+    pub process: ChildGuard,
+    /// HTTPS port of the admission endpoint.
+    pub port: u16,
+    /// Plain-HTTP admin port.
+    pub admin_port: u16,
+    /// PEM of the CA that signed the serving certificate.
+    pub ca_pem: String,
+    /// Name of the MutatingWebhookConfiguration (deleted on drop).
+    pub config_name: String,
+    /// Log file of the process.
+    pub log: PathBuf,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WebhookProcess {
+    /// Starts the webhook, waits for `/readyz`, registers it for pods of `ns` (same rules as the
+    /// Helm chart: objectSelector on the label, failurePolicy Fail, sideEffects None,
+    /// reinvocationPolicy IfNeeded) and waits until the API server calls it.
+    pub async fn start(ns: &TestNs, opts: WebhookOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("wif-e2e-hook-")
+            .tempdir()
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let ca = wif_webhook::selfcert::generate_ca("wif-e2e", now, Duration::from_secs(86400)).unwrap();
+        let leaf = wif_webhook::selfcert::issue_cert(
+            &ca.cert_pem,
+            &ca.key_pem,
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            now,
+            Duration::from_secs(86400),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let log = dir.path().join("webhook.log");
+        let child = std::process::Command::new(wif_bin())
+            .arg("webhook")
+            .args(["--tenant-id", &opts.tenant_id, "--cloud", &opts.cloud])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("tls.key"))
+            .args(["--log-level", "info,wif_webhook=debug"])
+            .env("KUBECONFIG", &ns.cp.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("webhook.err")).unwrap())
+            .spawn()
+            .expect("start wif webhook");
+        let mut hook = Self {
+            process: ChildGuard {
+                child,
+                name: "wif webhook".into(),
+            },
+            port,
+            admin_port,
+            ca_pem: ca.cert_pem,
+            config_name: format!("wif-e2e-{}", ns.name),
+            log,
+            kubeconfig: ns.cp.kubeconfig.clone(),
+            _dir: dir,
+        };
+        hook.wait_ready().await;
+        hook.register(ns).await;
+        hook
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        for _ in 0..300 {
+            if self.process.exited() {
+                panic!("wif webhook exited:\n{}", self.logs());
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("wif webhook not ready after 30 s:\n{}", self.logs());
+    }
+
+    /// Tail of the webhook's logs.
+    pub fn logs(&self) -> String {
+        let err = self.log.with_file_name("webhook.err");
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            tail(&self.log, 30),
+            tail(&err, 30)
+        )
+    }
+
+    /// The MutatingWebhookConfiguration the Helm chart installs, pointed at this process and
+    /// limited to the test's namespace so parallel tests do not see each other.
+    pub fn configuration(&self, ns: &str) -> MutatingWebhookConfiguration {
+        mutating_configuration(
+            &self.config_name,
+            "mutation.wif.azure.workload.identity",
+            &format!("https://127.0.0.1:{}{}", self.port, wif_api::MUTATE_PATH),
+            &self.ca_pem,
+            ns,
+            Some(LabelSelector {
+                match_labels: Some([(wif_api::USE_LABEL.to_owned(), "true".to_owned())].into()),
+                ..LabelSelector::default()
+            }),
+        )
+    }
+
+    async fn register(&self, ns: &TestNs) {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
+        api.create(&PostParams::default(), &self.configuration(&ns.name))
+            .await
+            .expect("create webhook config");
+        wait_until_called(ns).await;
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL); the configuration stays registered.
+    pub fn stop(&mut self) {
+        if !self.process.terminate(Duration::from_secs(30)) {
+            let _ = self.process.child.kill();
+        }
+    }
+}
+
+/// A MutatingWebhookConfiguration with one webhook for pod creation in `ns`.
+pub fn mutating_configuration(
+    name: &str,
+    hook: &str,
+    url: &str,
+    ca_pem: &str,
+    ns: &str,
+    object_selector: Option<LabelSelector>,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: hook.into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: WebhookClientConfig {
+                url: Some(url.into()),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                service: None,
+            },
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            reinvocation_policy: Some("IfNeeded".into()),
+            match_policy: Some("Equivalent".into()),
+            timeout_seconds: Some(10),
+            object_selector,
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([("kubernetes.io/metadata.name".to_owned(), ns.to_owned())].into()),
+                ..LabelSelector::default()
+            }),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+/// Waits until a dry-run pod in `ns` comes back mutated: the API server has picked the new
+/// configuration up (its webhook cache is eventually consistent).
+pub async fn wait_until_called(ns: &TestNs) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = ns.api();
+    let probe: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe", "labels": {wif_api::USE_LABEL: "true"}},
+        "spec": {"serviceAccountName": "wif-e2e-probe", "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    ns.service_account("wif-e2e-probe", &[])
+        .await
+        .metadata
+        .name
+        .unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    for _ in 0..100 {
+        if let Ok(p) = pods.create(&pp, &probe).await
+            && p.spec
+                .and_then(|s| s.volumes)
+                .is_some_and(|v| v.iter().any(|v| v.name == wif_api::TOKEN_VOLUME_NAME))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the API server never called the webhook for namespace {}",
+        ns.name
+    );
+}
+
+impl Drop for WebhookProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.config_name,
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,296 @@
+//! The webhook through the API server: pods are created through the API and the stored pod is
+//! asserted.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::PostParams;
+use serde_json::json;
+use wif_e2e::{TestNs, WebhookOptions, WebhookProcess};
+
+pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+pub fn pod(name: &str, sa: &str, labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {
+            "serviceAccountName": sa,
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [{"name": "app", "image": "busybox"}, {"name": "sidecar", "image": "busybox"}]
+        }
+    }))
+    .unwrap()
+}
+
+pub fn labelled(name: &str, sa: &str) -> Pod {
+    pod(
+        name,
+        sa,
+        json!({"azure.workload.identity/use": "true"}),
+        json!({}),
+    )
+}
+
+pub fn env(c: &Container, name: &str) -> Vec<String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == name)
+        .map(|e| e.value.clone().unwrap_or_default())
+        .collect()
+}
+
+pub fn assert_injected(c: &Container, tenant: &str) {
+    assert_eq!(env(c, "AZURE_CLIENT_ID"), vec![CLIENT.to_owned()], "{}", c.name);
+    assert_eq!(env(c, "AZURE_TENANT_ID"), vec![tenant.to_owned()], "{}", c.name);
+    assert_eq!(
+        env(c, "AZURE_FEDERATED_TOKEN_FILE"),
+        vec!["/var/run/secrets/azure/tokens/azure-identity-token".to_owned()],
+        "{}",
+        c.name
+    );
+    assert_eq!(
+        env(c, "AZURE_AUTHORITY_HOST"),
+        vec!["https://login.microsoftonline.com/".to_owned()]
+    );
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name == "azure-identity-token")
+        .collect();
+    assert_eq!(mounts.len(), 1, "{}: exactly one token mount", c.name);
+    assert_eq!(mounts[0].mount_path, "/var/run/secrets/azure/tokens");
+    assert_eq!(mounts[0].read_only, Some(true));
+}
+
+pub fn assert_untouched(p: &Pod) {
+    let spec = p.spec.as_ref().unwrap();
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != "azure-identity-token")
+    );
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        assert!(
+            c.env.iter().flatten().all(|e| !e.name.starts_with("AZURE_")),
+            "{}",
+            c.name
+        );
+    }
+}
+
+async fn setup(prefix: &str) -> (TestNs, WebhookProcess) {
+    let ns = TestNs::new(prefix).await;
+    ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT)])
+        .await;
+    let hook = WebhookProcess::start(&ns, WebhookOptions::default()).await;
+    (ns, hook)
+}
+
+#[tokio::test]
+async fn labelled_pod_is_stored_with_volume_mounts_and_variables() {
+    let (ns, hook) = setup("inject").await;
+    let pods = ns.api::<Pod>();
+    pods.create(&PostParams::default(), &labelled("web", "api"))
+        .await
+        .unwrap();
+    let stored = pods.get("web").await.unwrap();
+    let spec = stored.spec.as_ref().unwrap();
+    let vol = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "azure-identity-token")
+        .expect("token volume");
+    let sat = vol.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(sat.audience.as_deref(), Some("api://AzureADTokenExchange"));
+    assert_eq!(sat.expiration_seconds, Some(3600));
+    assert_eq!(sat.path, "azure-identity-token");
+    let tenant = WebhookOptions::default().tenant_id;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        assert_injected(c, &tenant);
+    }
+    // The API server's own ServiceAccount admission ran too: both projected volumes are there.
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name.starts_with("kube-api-access-"))
+    );
+    drop(hook);
+}
+
+#[tokio::test]
+async fn unlabelled_and_otherwise_labelled_pods_are_untouched() {
+    let (ns, _hook) = setup("untouched").await;
+    let pods = ns.api::<Pod>();
+    for (name, labels) in [
+        ("nolabel", json!({})),
+        ("false", json!({"azure.workload.identity/use": "false"})),
+        ("capital", json!({"azure.workload.identity/use": "True"})),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, "api", labels, json!({})))
+            .await
+            .unwrap();
+        assert_untouched(&pods.get(name).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn missing_service_account_fails_naming_it() {
+    let (ns, _hook) = setup("nosa").await;
+    let err = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &labelled("web", "ghost"))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ghost"), "{msg}");
+    assert!(ns.api::<Pod>().get_opt("web").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn out_of_range_token_expiration_is_refused_naming_the_bounds() {
+    let (ns, _hook) = setup("expiry").await;
+    let p = pod(
+        "web",
+        "api",
+        json!({"azure.workload.identity/use": "true"}),
+        json!({"azure.workload.identity/service-account-token-expiration": "100"}),
+    );
+    let msg = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("between 3600 and 86400"), "{msg}");
+    assert!(msg.contains("denied the request"), "{msg}");
+}
+
+#[tokio::test]
+async fn warnings_reach_the_client() {
+    let (ns, _hook) = setup("warn").await;
+    ns.service_account("bare", &[]).await;
+    let manifest = serde_json::to_string(&labelled("web", "bare")).unwrap();
+    let out = kubectl_stdin(
+        &ns,
+        &["create", "-n", &ns.name, "-f", "-", "-o", "name"],
+        &manifest,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Warning:") && stderr.contains("has no azure.workload.identity/client-id"),
+        "{stderr}"
+    );
+}
+
+pub fn kubectl_stdin(ns: &TestNs, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = ns
+        .cp
+        .kubectl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn server_dry_run_returns_the_mutated_pod_and_stores_nothing() {
+    let (ns, _hook) = setup("dryrun").await;
+    let manifest = serde_json::to_string(&labelled("web", "api")).unwrap();
+    let out = kubectl_stdin(
+        &ns,
+        &[
+            "create",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+            "-o",
+            "json",
+        ],
+        &manifest,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let returned: Pod = serde_json::from_slice(&out.stdout).unwrap();
+    let spec = returned.spec.as_ref().unwrap();
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        assert_injected(c, &WebhookOptions::default().tenant_id);
+    }
+    assert!(
+        ns.api::<Pod>().get_opt("web").await.unwrap().is_none(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn reinvocation_mutates_a_container_added_by_a_later_webhook_exactly_once() {
+    let (ns, _hook) = setup("reinvoke").await;
+    let adder = crate::adder::ContainerAdder::start(&ns).await;
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &labelled("web", "api"))
+        .await
+        .unwrap();
+    let stored = ns.api::<Pod>().get("web").await.unwrap();
+    let spec = stored.spec.as_ref().unwrap();
+    assert!(
+        spec.containers.iter().any(|c| c.name == "added-later"),
+        "the second webhook ran"
+    );
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        assert_injected(c, &WebhookOptions::default().tenant_id);
+    }
+    assert_eq!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.name == "azure-identity-token")
+            .count(),
+        1
+    );
+    drop(adder);
+}
+
+#[tokio::test]
+async fn with_the_webhook_stopped_labelled_pods_fail_and_others_are_created() {
+    let (ns, mut hook) = setup("down").await;
+    hook.stop();
+    let pods = ns.api::<Pod>();
+    let err = pods
+        .create(&PostParams::default(), &labelled("web", "api"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("failed calling webhook"), "{err}");
+    pods.create(&PostParams::default(), &pod("plain", "api", json!({}), json!({})))
+        .await
+        .unwrap();
+    assert_untouched(&pods.get("plain").await.unwrap());
+}
