@@ -1,17 +1,150 @@
 #!/usr/bin/env bash
-# make demo: shows what the webhook does to a labelled pod.
+# make demo: the whole chain on this machine, each step printed.
+#   a real kube-apiserver (+ etcd) → wif webhook (self-managed certificates) → a labelled pod
+#   → its ServiceAccount token → wif emulator (a local Entra) → an Entra access token.
+# Ctrl-C (or the end) stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+root=$PWD
 
-step "building wif (first run compiles dependencies; this takes a few minutes)"
-cargo build -p wif
-WIF=${CARGO_TARGET_DIR:-target}/debug/wif
+bold() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
-step "the ServiceAccount (examples/serviceaccount.yaml)"
-cat examples/serviceaccount.yaml
-step "the labelled pod (examples/pod.yaml)"
-cat examples/pod.yaml
-step "what the webhook injects (wif mutate -o patch)"
-"$WIF" mutate --pod examples/pod.yaml --service-account examples/serviceaccount.yaml \
-  --tenant-id 72f988bf-0000-4000-8000-000000000000 -o patch
+work=$(mktemp -d "${TMPDIR:-/tmp}/wif-demo.XXXXXX")
+pids=()
+cleanup() {
+  local code=$?
+  [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  [[ $code -eq 0 ]] && bold "done: everything the demo started is stopped" || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+claims() { # the payload of a JWT, decoded (never the signature)
+  python3 -c 'import sys,json,base64; p=sys.argv[1].split(".")[1]; print(json.dumps(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4)))))' "$1"
+}
+
+wait_for() { # file pattern seconds what
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  tail -20 "$1" >&2 || true
+  die "$4 did not start within $3 s (log above)"
+}
+
+bold "1/7 building wif and the test control plane (the first run compiles everything: several minutes)"
+cargo build -p wif 2>&1 | grep -E '^\s*(Compiling wif|Finished|error)' || true
+WIF=${CARGO_TARGET_DIR:-$root/target}/debug/wif
+[[ -x $WIF ]] || die "cargo build failed"
+CP=$(e2e/controlplane/build.sh | tail -1)
+note "wif: $WIF"
+note "control plane: $CP"
+
+bold "2/7 starting kube-apiserver + etcd (built from the Kubernetes Go modules)"
+"$CP" up --dir "$work/cp" --exit-on-stdin-eof=false >"$work/cp.out" 2>"$work/cp.err" &
+pids+=($!)
+wait_for "$work/cp.out" '^READY ' 90 "the control plane"
+ready=$(sed -n 's/^READY //p' "$work/cp.out")
+export KUBECONFIG=$(jq -r .kubeconfig <<<"$ready")
+server=$(jq -r .server <<<"$ready")
+issuer=$(jq -r .issuer <<<"$ready")
+cp_ca=$(jq -r .ca <<<"$ready")
+note "API server $server, ServiceAccount issuer $issuer"
+note "its OIDC discovery, read anonymously as Entra reads it:"
+curl -s --cacert "$cp_ca" "$server/.well-known/openid-configuration" | jq -c '{issuer, jwks_uri}' | sed 's/^/    /'
+
+tenant=72f988bf-86f1-41af-91ab-2d7cd011db47
+client=5b1f3c8e-2d4a-4c6b-9e7f-0a1b2c3d4e5f
+bold "3/7 starting wif emulator (a local Entra) with an app trusting demo/api"
+cat >"$work/entra.yaml" <<EOF
+tenants:
+  - id: $tenant
+    applications:
+      - displayName: demo-api
+        appId: $client
+        federatedIdentityCredentials:
+          - name: demo-api
+            issuer: "$issuer"
+            subject: system:serviceaccount:demo:api
+            audiences: [api://AzureADTokenExchange]
+EOF
+"$WIF" emulator --listen 127.0.0.1:0 --state-dir "$work/entra" --config "$work/entra.yaml" \
+  --trust-ca "$cp_ca" >"$work/entra.out" 2>"$work/entra.err" &
+pids+=($!)
+wait_for "$work/entra.out" '^EMULATOR READY ' 60 "the emulator"
+entra=$(sed -n 's/^EMULATOR READY //p' "$work/entra.out")
+entra_url=$(jq -r .url <<<"$entra")
+entra_ca=$(jq -r .ca <<<"$entra")
+note "Entra at $entra_url (federated credential: issuer $issuer, subject system:serviceaccount:demo:api)"
+
+bold "4/7 starting wif webhook (self-managed CA in a Secret, caBundle patched by the webhook itself)"
+kubectl create namespace wif-system >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: wif-webhook
+webhooks:
+  - name: mutation.wif.azure.workload.identity
+    admissionReviewVersions: [v1]
+    clientConfig:
+      url: https://127.0.0.1:$port/mutate-v1-pod
+    rules:
+      - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
+    objectSelector:
+      matchLabels: {azure.workload.identity/use: "true"}
+    namespaceSelector:
+      matchExpressions:
+        - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, wif-system]}
+    failurePolicy: Fail
+    sideEffects: None
+    reinvocationPolicy: IfNeeded
+    timeoutSeconds: 10
+EOF
+"$WIF" webhook --tenant-id "$tenant" --cloud "$entra_url/" --listen "127.0.0.1:$port" \
+  --admin-listen "127.0.0.1:$admin" --cert-mode self-managed --namespace wif-system \
+  --webhook-config wif-webhook --cert-extra-hosts 127.0.0.1 --log-format text \
+  >"$work/webhook.out" 2>"$work/webhook.err" &
+pids+=($!)
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null || { tail -20 "$work/webhook.err"; die "webhook not ready"; }
+note "ready; Secret $(kubectl -n wif-system get secret wif-webhook-tls -o jsonpath='{.metadata.name}') holds its CA,"
+note "caBundle published: $(kubectl get mutatingwebhookconfiguration wif-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | head -c 24)…"
+sleep 1 # the API server's webhook cache picks the caBundle up
+
+bold "5/7 a ServiceAccount annotated with the client id, and a labelled pod"
+kubectl create namespace demo >/dev/null
+sed "s/5b1f3c8e-0000-4000-8000-000000000de0/$client/" examples/serviceaccount.yaml | kubectl apply -f - >/dev/null
+kubectl apply -f examples/pod.yaml
+note "what the webhook injected into the stored pod (kubectl get pod -n demo api -o json):"
+kubectl get pod -n demo api -o json | jq '{
+  volume: (.spec.volumes[] | select(.name == "azure-identity-token")),
+  containers: [(.spec.initContainers + .spec.containers)[] | {name,
+    env: [.env[]? | select(.name | startswith("AZURE_")) | "\(.name)=\(.value)"],
+    mount: [.volumeMounts[] | select(.name == "azure-identity-token") | .mountPath]}]}' | sed 's/^/    /'
+
+bold "6/7 the token the kubelet would write into the volume (TokenRequest bound to the pod)"
+token=$(kubectl create token api -n demo --audience api://AzureADTokenExchange --duration 3600s \
+  --bound-object-kind Pod --bound-object-name api)
+printf '%s' "$token" >"$work/token"
+note "its claims (signed by the API server, verifiable with its JWKS):"
+claims "$token" | jq '{iss, sub, aud, exp, pod: .["kubernetes.io"].pod.name}' | sed 's/^/    /'
+
+bold "7/7 exchanging it for an Entra access token: wif token, with the pod's environment"
+out=$(AZURE_CLIENT_ID=$client AZURE_TENANT_ID=$tenant AZURE_FEDERATED_TOKEN_FILE=$work/token \
+  AZURE_AUTHORITY_HOST=$entra_url/ SSL_CERT_FILE=$entra_ca \
+  "$WIF" token --scope https://management.azure.com/.default --output json)
+jq -c '{token_type, expires_on}' <<<"$out" | sed 's/^/    /'
+note "access token claims:"
+claims "$(jq -r .access_token <<<"$out")" | jq '{iss, aud, tid, appid, oid, exp}' | sed 's/^/    /'
+note "the whole chain ran with no stored secret."

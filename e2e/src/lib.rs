@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: a panic is the report
 
 pub mod cluster;
+pub mod entra;
 pub mod process;
 pub mod webhook;
 

@@ -49,13 +49,15 @@ pub struct WebhookProcess {
     /// Log file of the process.
     pub log: PathBuf,
     kubeconfig: PathBuf,
+    owns_config: bool,
     _dir: tempfile::TempDir,
 }
 
 impl WebhookProcess {
-    /// Starts the webhook, waits for `/readyz`, registers it for pods of `ns` (same rules as the
-    /// Helm chart: objectSelector on the label, failurePolicy Fail, sideEffects None,
-    /// reinvocationPolicy IfNeeded) and waits until the API server calls it.
+    /// Starts the webhook with a certificate from files, waits for `/readyz`, registers it for
+    /// pods of `ns` (same rules as the Helm chart: objectSelector on the label, failurePolicy
+    /// Fail, sideEffects None, reinvocationPolicy IfNeeded) and waits until the API server calls
+    /// it.
     pub async fn start(ns: &TestNs, opts: WebhookOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wif-e2e-hook-")
@@ -74,6 +76,75 @@ impl WebhookProcess {
         .unwrap();
         std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+        let cert_args = vec![
+            "--tls-cert-file".into(),
+            dir.path().join("tls.crt").display().to_string(),
+            "--tls-key-file".into(),
+            dir.path().join("tls.key").display().to_string(),
+        ];
+        let mut hook = Self::spawn(ns, &opts, dir, ca.cert_pem, cert_args);
+        hook.wait_ready().await;
+        let api: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
+        api.create(&PostParams::default(), &hook.configuration(&ns.name))
+            .await
+            .expect("create webhook config");
+        wait_until_called(ns).await;
+        hook
+    }
+
+    /// Starts the webhook in self-managed certificate mode: its configuration is registered first
+    /// without a caBundle, and the webhook creates its CA and certificate in Secret
+    /// `secret` of `ns` and publishes the caBundle itself. `config_name` lets several replicas
+    /// share one configuration; only the replica that `register`s it points the API server at
+    /// itself and deletes the configuration when dropped.
+    pub async fn start_self_managed(ns: &TestNs, config_name: &str, secret: &str, register: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("wif-e2e-hook-")
+            .tempdir()
+            .unwrap();
+        let args = [
+            "--cert-mode",
+            "self-managed",
+            "--namespace",
+            &ns.name,
+            "--cert-secret",
+            secret,
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            "--webhook-config".into(),
+            config_name.into(),
+            "--cert-extra-hosts".into(),
+            "127.0.0.1".into(),
+        ])
+        .collect();
+        let mut hook = Self::spawn(ns, &WebhookOptions::default(), dir, String::new(), args);
+        hook.config_name = config_name.to_owned();
+        if register {
+            let mut cfg = hook.configuration(&ns.name);
+            for w in cfg.webhooks.iter_mut().flatten() {
+                w.client_config.ca_bundle = None;
+            }
+            let api: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
+            api.create(&PostParams::default(), &cfg)
+                .await
+                .expect("create webhook config");
+        } else {
+            // Another replica owns the configuration; this one must not delete it.
+            hook.owns_config = false;
+        }
+        hook.wait_ready().await;
+        hook
+    }
+
+    fn spawn(
+        ns: &TestNs,
+        opts: &WebhookOptions,
+        dir: tempfile::TempDir,
+        ca_pem: String,
+        cert_args: Vec<String>,
+    ) -> Self {
         let (port, admin_port) = (free_port(), free_port());
         let log = dir.path().join("webhook.log");
         let child = std::process::Command::new(wif_bin())
@@ -85,10 +156,7 @@ impl WebhookProcess {
                 "--admin-listen",
                 &format!("127.0.0.1:{admin_port}"),
             ])
-            .arg("--tls-cert-file")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key-file")
-            .arg(dir.path().join("tls.key"))
+            .args(cert_args)
             .args(["--log-level", "info,wif_webhook=debug"])
             .env("KUBECONFIG", &ns.cp.kubeconfig)
             .stdin(Stdio::null())
@@ -96,22 +164,20 @@ impl WebhookProcess {
             .stderr(std::fs::File::create(dir.path().join("webhook.err")).unwrap())
             .spawn()
             .expect("start wif webhook");
-        let mut hook = Self {
+        Self {
             process: ChildGuard {
                 child,
                 name: "wif webhook".into(),
             },
             port,
             admin_port,
-            ca_pem: ca.cert_pem,
+            ca_pem,
             config_name: format!("wif-e2e-{}", ns.name),
             log,
             kubeconfig: ns.cp.kubeconfig.clone(),
+            owns_config: true,
             _dir: dir,
-        };
-        hook.wait_ready().await;
-        hook.register(ns).await;
-        hook
+        }
     }
 
     async fn wait_ready(&mut self) {
@@ -155,14 +221,6 @@ impl WebhookProcess {
                 ..LabelSelector::default()
             }),
         )
-    }
-
-    async fn register(&self, ns: &TestNs) {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
-        api.create(&PostParams::default(), &self.configuration(&ns.name))
-            .await
-            .expect("create webhook config");
-        wait_until_called(ns).await;
     }
 
     /// Stops the process (SIGTERM, then SIGKILL); the configuration stays registered.
@@ -254,6 +312,9 @@ pub async fn wait_until_called(ns: &TestNs) {
 
 impl Drop for WebhookProcess {
     fn drop(&mut self) {
+        if !self.owns_config {
+            return;
+        }
         let _ = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

@@ -140,7 +140,9 @@ impl IssuerKeys {
         let response = self
             .client
             .get(url)
-            .header("accept", "application/json")
+            // Kubernetes serves its JWKS as application/jwk-set+json and answers 406 to a
+            // plain application/json Accept header.
+            .header("accept", "application/json, application/jwk-set+json")
             .timeout(timeout)
             .send()
             .await

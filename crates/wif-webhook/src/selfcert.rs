@@ -79,6 +79,8 @@ pub struct SelfManaged {
     pub webhook_configs: Vec<String>,
     /// DNS names of the serving certificate (`<service>.<ns>.svc`, …).
     pub dns_names: Vec<String>,
+    /// IP addresses of the serving certificate (for a webhook reached by `url:`, as in local runs).
+    pub ip_addresses: Vec<std::net::IpAddr>,
     /// Lifetime of the CA.
     pub ca_validity: Duration,
     /// Lifetime of a serving certificate.
@@ -101,6 +103,7 @@ impl SelfManaged {
                 format!("{service}.{namespace}.svc"),
                 format!("{service}.{namespace}.svc.cluster.local"),
             ],
+            ip_addresses: Vec::new(),
             ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
             cert_validity: Duration::from_secs(365 * 24 * 3600),
             renew_before: Duration::from_secs(90 * 24 * 3600),
@@ -242,7 +245,7 @@ impl SelfManaged {
             &ca_pem,
             &ca_key_pem,
             &self.dns_names,
-            &[],
+            &self.ip_addresses,
             now,
             self.cert_validity,
         )?;

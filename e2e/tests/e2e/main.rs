@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adder;
+mod exchange;
 mod token;
 mod webhook;

@@ -294,3 +294,97 @@ async fn with_the_webhook_stopped_labelled_pods_fail_and_others_are_created() {
         .unwrap();
     assert_untouched(&pods.get("plain").await.unwrap());
 }
+
+/// Leaf certificate served on 127.0.0.1:`port`, verified against `ca_pem`.
+async fn served_leaf(port: u16, ca_pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("the served certificate verifies against the published caBundle");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn self_managed_certificates_are_created_published_and_shared_by_replicas() {
+    use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret};
+    let ns = TestNs::new("selfcert").await;
+    ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT)])
+        .await;
+    let config = format!("wif-e2e-{}", ns.name);
+    // Two replicas start together; they race to create the Secret.
+    let (a, b) = tokio::join!(
+        WebhookProcess::start_self_managed(&ns, &config, "wif-webhook-tls", true),
+        WebhookProcess::start_self_managed(&ns, &config, "wif-webhook-tls", false),
+    );
+    let secret = ns.api::<Secret>().get("wif-webhook-tls").await.unwrap();
+    let data = secret.data.unwrap();
+    let bundle = &data["ca-bundle.crt"].0;
+    assert_eq!(
+        String::from_utf8_lossy(bundle)
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        1,
+        "one CA"
+    );
+
+    let api = kube::Api::<MutatingWebhookConfiguration>::all(ns.client.clone());
+    let published = api.get(&config).await.unwrap().webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone();
+    assert_eq!(
+        published.map(|b| b.0),
+        Some(bundle.clone()),
+        "the webhook published its CA"
+    );
+
+    let (leaf_a, leaf_b) = (
+        served_leaf(a.port, bundle).await,
+        served_leaf(b.port, bundle).await,
+    );
+    assert_eq!(
+        leaf_a, leaf_b,
+        "both replicas serve the certificate in the Secret"
+    );
+
+    wif_e2e::webhook::wait_until_called(&ns).await;
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &labelled("web", "api"))
+        .await
+        .unwrap();
+    assert_injected(
+        &find(&ns.api::<Pod>().get("web").await.unwrap(), "app"),
+        &WebhookOptions::default().tenant_id,
+    );
+
+    // A restarted replica adopts the existing Secret instead of issuing a new CA.
+    drop(b);
+    let c = WebhookProcess::start_self_managed(&ns, &config, "wif-webhook-tls", false).await;
+    let after = ns.api::<Secret>().get("wif-webhook-tls").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, secret.metadata.resource_version,
+        "nothing rewritten"
+    );
+    assert_eq!(served_leaf(c.port, bundle).await, leaf_a);
+    drop(a);
+}
+
+fn find(p: &Pod, name: &str) -> Container {
+    p.spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap()
+        .clone()
+}

@@ -65,6 +65,10 @@ pub struct WebhookArgs {
     /// Secret holding the self-managed CA and certificate.
     #[arg(long, env = "WIF_CERT_SECRET", default_value = "wif-webhook-tls")]
     cert_secret: String,
+    /// Extra names (DNS names or IP addresses) of the self-managed certificate, for a webhook
+    /// reached by URL rather than through its Service.
+    #[arg(long, env = "WIF_CERT_EXTRA_HOSTS", value_delimiter = ',')]
+    cert_extra_hosts: Vec<String>,
     /// MutatingWebhookConfiguration(s) whose caBundle the self-managed mode keeps in sync.
     #[arg(
         long,
@@ -108,6 +112,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         namespace,
         service_name,
         cert_secret,
+        cert_extra_hosts,
         webhook_config,
         max_body_bytes,
         request_timeout,
@@ -129,12 +134,16 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     };
     let certs = match cert_mode {
         CertMode::Files => run::files(tls_cert_file, tls_key_file, cert_reload_interval),
-        CertMode::SelfManaged => CertSource::SelfManaged(SelfManaged::new(
-            &namespace,
-            &service_name,
-            &cert_secret,
-            webhook_config,
-        )),
+        CertMode::SelfManaged => {
+            let mut manager = SelfManaged::new(&namespace, &service_name, &cert_secret, webhook_config);
+            for host in cert_extra_hosts {
+                match host.parse() {
+                    Ok(ip) => manager.ip_addresses.push(ip),
+                    Err(_) => manager.dns_names.push(host),
+                }
+            }
+            CertSource::SelfManaged(manager)
+        }
     };
     let limits = Limits {
         max_body_bytes,
