@@ -62,8 +62,11 @@ e2e: build controlplane ## end-to-end tests through a real kube-apiserver
 	  cargo test -p wif-e2e -- --test-threads=2
 
 .PHONY: bench
-bench: release ## benchmarks; results in bench/results/*.json
+bench: ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json
 	scripts/bench-webhook.sh
+	cargo bench -p wif-webhook --bench mutate -- --noplot
+	cargo bench -p wif-exchange --bench exchange -- --noplot
+	cargo run --release -p wif-exchange --example bench_exchange
 
 .PHONY: fuzz
 fuzz: ## fuzz the admission decoder + mutation for FUZZ_SECONDS (default 60)

@@ -54,7 +54,9 @@ pub fn control_plane() -> ControlPlane {
                 return serde_json::from_str(&json)
                     .map_err(|e| format!("WIF_E2E_CONTROLPLANE is not READY JSON: {e}"));
             }
-            start().map_err(|e| format!("{e:#}"))
+            binary()
+                .and_then(|bin| start(&bin, &[]))
+                .map_err(|e| format!("{e:#}"))
         })
         .clone()
         .unwrap_or_else(|e| panic!("the test control plane is not available: {e}"))
@@ -81,13 +83,16 @@ fn binary() -> anyhow::Result<PathBuf> {
     Ok(last.trim().into())
 }
 
-fn start() -> anyhow::Result<ControlPlane> {
-    let bin = binary()?;
+/// Starts `bin up` with `extra` arguments and waits for READY; on failure (exit, or not ready
+/// within 60 s) the error carries the tails of the control plane's, API server's and etcd's logs.
+/// The control plane lives until this process exits.
+pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPlane> {
     let dir = tempfile::Builder::new().prefix("wif-e2e-cp-").tempdir()?;
     let log = std::fs::File::create(dir.path().join("controlplane.log"))?;
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .args(["up", "--dir"])
         .arg(dir.path())
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)

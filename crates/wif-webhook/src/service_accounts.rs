@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::{api::core::v1::ServiceAccount, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Client,
     core::PartialObjectMeta,
@@ -78,12 +78,7 @@ impl ServiceAccountCache {
         let api: Api<CachedServiceAccount> = Api::all(client.clone());
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(|sa| {
-                // Never read by the webhook; dropping them is most of the memory.
-                sa.metadata.managed_fields = None;
-                sa.metadata.owner_references = None;
-                sa.metadata.finalizers = None;
-            })
+            .modify(strip)
             .reflect(writer)
             .touched_objects();
         tokio::spawn(async move {
@@ -145,7 +140,13 @@ impl ServiceAccountCache {
         };
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
         match tokio::time::timeout(self.miss_timeout, api.get_metadata_opt(name)).await {
-            Ok(Ok(found)) => Ok((found.map(Arc::new), true)),
+            Ok(Ok(found)) => Ok((
+                found.map(|mut sa| {
+                    strip(&mut sa);
+                    Arc::new(sa)
+                }),
+                true,
+            )),
             Ok(Err(source)) => Err(LookupError::Api {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -158,6 +159,30 @@ impl ServiceAccountCache {
             )),
         }
     }
+}
+
+/// Keeps only what the webhook reads: the name, the namespace, and the labels and annotations
+/// under `azure.workload.identity/`. Everything else (managed fields, `last-applied-configuration`,
+/// other teams' annotations) is most of an object's size and is dropped before it is cached.
+pub fn strip(sa: &mut CachedServiceAccount) {
+    let meta = &mut sa.metadata;
+    let ours = |m: &mut Option<std::collections::BTreeMap<String, String>>| {
+        if let Some(map) = m.as_mut() {
+            map.retain(|k, _| k.starts_with(wif_api::PREFIX));
+        }
+        if m.as_ref().is_some_and(|map| map.is_empty()) {
+            *m = None;
+        }
+    };
+    ours(&mut meta.labels);
+    ours(&mut meta.annotations);
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        labels: meta.labels.take(),
+        annotations: meta.annotations.take(),
+        ..ObjectMeta::default()
+    };
 }
 
 /// Builds a cache holding exactly `accounts` (tests and benchmarks).
@@ -187,3 +212,31 @@ pub fn cached(namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Cach
 
 // Keep the reflector module path visible for callers that build writers themselves.
 pub use reflector::store::Writer as CacheWriter;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_keeps_only_what_the_webhook_reads() {
+        let mut sa = cached(
+            "ns",
+            "api",
+            &[
+                ("azure.workload.identity/client-id", "cid"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...big...}"),
+            ],
+        );
+        sa.metadata.uid = Some("u".into());
+        sa.metadata.labels = Some([("team".to_owned(), "x".to_owned())].into());
+        strip(&mut sa);
+        assert_eq!(sa.metadata.name.as_deref(), Some("api"));
+        assert_eq!(sa.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(
+            sa.metadata.annotations,
+            Some([("azure.workload.identity/client-id".to_owned(), "cid".to_owned())].into())
+        );
+        assert_eq!(sa.metadata.labels, None);
+        assert_eq!(sa.metadata.uid, None);
+    }
+}

@@ -4,5 +4,6 @@
 
 mod adder;
 mod exchange;
+mod harness;
 mod token;
 mod webhook;

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# make bench (webhook part): the release webhook under HTTPS keep-alive load from oha, against a
+# real API server holding 10,000 ServiceAccounts, and — in the same run, for the ratio — a bare
+# axum+rustls server on the same transport answering a fixed AdmissionReview.
+# Writes bench/results/webhook.json and prints a table. Traffic goes to 127.0.0.1 only, and
+# every load is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+target=${CARGO_TARGET_DIR:-$root/target}
+tools=$root/.cache/tools
+duration=${BENCH_SECONDS:-10}
+accounts=${BENCH_SERVICE_ACCOUNTS:-10000}
+conns=${BENCH_CONNECTIONS:-32}
+
+log() { printf '==> %s\n' "$*" >&2; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/wif-bench.XXXXXX")
+pids=()
+cleanup() { [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+if [[ ! -x $tools/bin/oha ]]; then
+  log "installing oha (HTTP load generator) from crates.io into .cache/tools"
+  cargo install oha --locked --root "$tools" >&2
+fi
+OHA=$tools/bin/oha
+log "building release binaries"
+cargo build --release -p wif >&2
+cargo build --release -p wif-webhook --example bench_tls >&2
+WIF=$target/release/wif
+BENCH_TLS=$target/release/examples/bench_tls
+CP=$(e2e/controlplane/build.sh | tail -1)
+"$BENCH_TLS" certs "$work/certs"
+
+log "starting the control plane"
+"$CP" up --dir "$work/cp" --exit-on-stdin-eof=false >"$work/cp.out" 2>"$work/cp.err" &
+pids+=($!)
+for _ in $(seq 1 600); do grep -q '^READY ' "$work/cp.out" && break; sleep 0.1; done
+ready=$(sed -n 's/^READY //p' "$work/cp.out")
+[[ -n $ready ]] || { tail "$work/cp.err"; exit 1; }
+export KUBECONFIG=$(jq -r .kubeconfig <<<"$ready")
+
+log "creating $accounts ServiceAccounts"
+python3 - "$accounts" >"$work/sas.json" <<'PY'
+import json, sys
+n = int(sys.argv[1])
+items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"bench-{i}"}} for i in range(n // 1000 + 1)]
+items.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "payments"}})
+items.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "payments-api", "namespace": "payments",
+              "annotations": {"azure.workload.identity/client-id": "5b1f3c8e-2d4a-4c6b-9e7f-0a1b2c3d4e5f"}}})
+for i in range(n - 1):
+    items.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": f"sa-{i}", "namespace": f"bench-{i // 1000}",
+        "labels": {"app.kubernetes.io/name": f"app-{i}", "team": "bench"},
+        "annotations": {"azure.workload.identity/client-id": f"00000000-0000-4000-8000-{i:012d}",
+                        "description": "a ServiceAccount of the benchmark, annotated like a real one"}}})
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+PY
+kubectl create -f "$work/sas.json" >/dev/null
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bare=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log "starting wif webhook (release) and the bare server"
+"$WIF" webhook --tenant-id 72f988bf-86f1-41af-91ab-2d7cd011db47 --listen "127.0.0.1:$port" \
+  --admin-listen "127.0.0.1:$admin" --tls-cert-file "$work/certs/tls.crt" --tls-key-file "$work/certs/tls.key" \
+  --log-level warn >"$work/webhook.log" 2>&1 &
+hook_pid=$!
+pids+=($hook_pid)
+"$BENCH_TLS" bare "127.0.0.1:$bare" "$work/certs" >"$work/bare.log" 2>&1 &
+bare_pid=$!
+pids+=($bare_pid)
+for _ in $(seq 1 600); do
+  curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break
+  kill -0 $hook_pid 2>/dev/null || { cat "$work/webhook.log" >&2; exit 1; }
+  sleep 0.1
+done
+cached=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^wif_webhook_cached_service_accounts /{print $2}')
+log "webhook ready with $cached ServiceAccounts cached"
+
+body=crates/wif-webhook/tests/data/review-pod.json
+load() { # url extra-args… → oha JSON
+  "$OHA" --no-tui --output-format json --insecure -m POST -H 'content-type: application/json' \
+    -D "$body" "$@"
+}
+# A quick request first: it must be a real mutation, or the figures mean nothing.
+curl -s --cacert "$work/certs/ca.crt" -H 'content-type: application/json' --data-binary "@$body" \
+  "https://127.0.0.1:$port/mutate-v1-pod" | jq -e '.response.allowed and (.response.patch | length > 100)' >/dev/null ||
+  { log "the webhook did not mutate the benchmark pod"; exit 1; }
+
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+hwm() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
+rss_idle=$(rss $hook_pid)
+
+log "max throughput: $conns connections, ${duration}s each"
+load -z "${duration}s" -c "$conns" "https://127.0.0.1:$bare/mutate-v1-pod" >"$work/bare-max.json"
+load -z "${duration}s" -c "$conns" "https://127.0.0.1:$port/mutate-v1-pod" >"$work/hook-max.json"
+log "fixed 1000 requests/s, ${duration}s each"
+load -z "${duration}s" -c "$conns" -q 1000 "https://127.0.0.1:$bare/mutate-v1-pod" >"$work/bare-1000.json"
+load -z "${duration}s" -c "$conns" -q 1000 "https://127.0.0.1:$port/mutate-v1-pod" >"$work/hook-1000.json"
+rss_after=$(rss $hook_pid)
+hwm_hook=$(hwm $hook_pid)
+bare_hwm=$(hwm $bare_pid)
+pod_bytes=$(jq -c .request.object "$body" | wc -c)
+
+mkdir -p bench/results
+python3 - "$work" "$cached" "$rss_idle" "$rss_after" "$hwm_hook" "$bare_hwm" "$pod_bytes" "$conns" "$duration" <<'PY' >bench/results/webhook.json
+import json, sys, platform, os, datetime
+w, cached, rss_idle, rss_after, hwm, bare_hwm, pod_bytes, conns, duration = sys.argv[1:]
+def r(name):
+    d = json.load(open(f"{w}/{name}.json"))
+    s, p = d["summary"], d.get("latencyPercentiles", {})
+    codes = d.get("statusCodeDistribution", {})
+    return {"rps": round(s["requestsPerSec"], 1), "success_rate": s["successRate"],
+            "p50_ms": round(p.get("p50", 0) * 1000, 3), "p99_ms": round(p.get("p99", 0) * 1000, 3),
+            "status_codes": codes}
+out = {
+  "benchmark": "wif webhook under HTTPS keep-alive load (oha), vs a bare axum+rustls server on the same transport",
+  "date": datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z",
+  "machine": {"cpus": os.cpu_count(), "arch": platform.machine()},
+  "pod_bytes": int(pod_bytes), "service_accounts_cached": int(cached or 0),
+  "connections": int(conns), "seconds_per_run": int(duration),
+  "webhook": {"max": r("hook-max"), "at_1000_rps": r("hook-1000"),
+              "rss_mib_idle": round(int(rss_idle) / 1024, 1), "rss_mib_after_load": round(int(rss_after) / 1024, 1),
+              "peak_rss_mib": round(int(hwm) / 1024, 1)},
+  "bare": {"max": r("bare-max"), "at_1000_rps": r("bare-1000"), "peak_rss_mib": round(int(bare_hwm) / 1024, 1)},
+}
+out["throughput_ratio"] = round(out["webhook"]["max"]["rps"] / out["bare"]["max"]["rps"], 3)
+out["goals"] = {"p99_ms_at_1000_rps <= 1": out["webhook"]["at_1000_rps"]["p99_ms"] <= 1.0,
+                "throughput_ratio >= 0.6": out["throughput_ratio"] >= 0.6,
+                "rss_mib <= 40": out["webhook"]["peak_rss_mib"] <= 40}
+print(json.dumps(out, indent=2))
+PY
+jq -r '
+  "",
+  "webhook benchmark (\(.service_accounts_cached) ServiceAccounts cached, \(.pod_bytes)-byte pod, \(.connections) connections)",
+  "                       max rps   p50@1000rps  p99@1000rps   peak RSS",
+  "  wif webhook       \(.webhook.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   \(.webhook.at_1000_rps.p50_ms) ms     \(.webhook.at_1000_rps.p99_ms) ms    \(.webhook.peak_rss_mib) MiB",
+  "  bare axum+rustls  \(.bare.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   \(.bare.at_1000_rps.p50_ms) ms     \(.bare.at_1000_rps.p99_ms) ms    \(.bare.peak_rss_mib) MiB",
+  "  throughput ratio: \(.throughput_ratio)   goals: \(.goals | to_entries | map("\(.key): \(if .value then "met" else "MISSED" end)") | join(", "))"
+' bench/results/webhook.json
