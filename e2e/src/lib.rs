@@ -9,7 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: a panic is the report
 
 pub mod cluster;
+pub mod controller;
 pub mod entra;
+pub mod helm;
 pub mod process;
 pub mod webhook;
 

@@ -8,8 +8,18 @@
 #![deny(missing_docs)]
 
 mod cloud;
+pub mod crd;
+pub mod identity;
+pub mod policy;
 
 pub use cloud::{AuthorityHost, Cloud, CloudError};
+pub use crd::{
+    ApplicationReference, CredentialStatus, DeletionPolicy, FederatedIdentityBinding,
+    FederatedIdentityBindingSpec, FederatedIdentityBindingStatus, FederatedIdentityPolicy,
+    FederatedIdentityPolicySpec, IdentityReference, UserAssignedIdentityReference,
+};
+pub use identity::{UserAssignedIdentityId, is_guid, service_account_subject};
+pub use policy::{PolicyDecision, RequestedIdentity};
 
 /// Prefix shared by every label and annotation wif reads.
 pub const PREFIX: &str = "azure.workload.identity/";
@@ -77,6 +87,13 @@ pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 /// Path of the mutating admission endpoint (same as upstream, so configurations carry over).
 pub const MUTATE_PATH: &str = "/mutate-v1-pod";
+/// Path of the validating admission endpoint for `FederatedIdentityBinding`s.
+pub const VALIDATE_BINDING_PATH: &str = "/validate-federatedidentitybinding";
+/// Path of the validating admission endpoint for `FederatedIdentityPolicy`s.
+pub const VALIDATE_POLICY_PATH: &str = "/validate-federatedidentitypolicy";
+
+/// Finalizer the controller puts on every `FederatedIdentityBinding` it manages.
+pub const BINDING_FINALIZER: &str = "azure.workload.identity/credential-cleanup";
 
 /// What the mutation needs to know about the cluster; independent of any request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //!
 //! [`mutate()`] is the whole policy, as a pure function; [`admission`] decodes reviews and
 //! encodes answers; [`server`] serves them over HTTPS with reloadable certificates ([`tls`]);
-//! [`service_accounts`] caches ServiceAccount metadata; [`selfcert`] manages its own CA.
+//! [`service_accounts`] caches ServiceAccount metadata; [`selfcert`] manages its own CA;
+//! [`validate`] refuses bindings no `FederatedIdentityPolicy` grants (and malformed policies).
 
 #![deny(missing_docs)]
 
@@ -14,5 +15,6 @@ pub mod selfcert;
 pub mod server;
 pub mod service_accounts;
 pub mod tls;
+pub mod validate;
 
 pub use mutate::{ContainerKind, Denial, Edit, Mutation, mutate};

@@ -97,12 +97,15 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
             tokio::spawn(files.watch(store.clone(), reload_interval, stop.clone()));
         }
         CertSource::SelfManaged(manager) => {
-            manager.ensure(&client, &store).await?;
-            tokio::spawn(manager.run(client.clone(), store.clone(), stop.clone()));
+            let published = manager.ensure(&client, &store).await?;
+            tokio::spawn(manager.run(client.clone(), store.clone(), stop.clone(), published));
         }
     }
 
-    let cache = ServiceAccountCache::spawn(client, miss_timeout, stop.clone());
+    let cache = ServiceAccountCache::spawn(client.clone(), miss_timeout, stop.clone());
+    let validation = crate::validate::ValidationState {
+        cache: crate::validate::PolicyCache::spawn(client, stop.clone()),
+    };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let registry = Arc::new(Mutex::new(registry));
@@ -144,7 +147,8 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     server::serve_tls(
         admission,
         store,
-        server::admission_router(state, &limits),
+        server::admission_router(state, &limits)
+            .merge(crate::validate::router(validation, limits.max_body_bytes)),
         limits,
         stop,
     )

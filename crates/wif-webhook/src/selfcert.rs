@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use base64::Engine;
 use k8s_openapi::{
     ByteString,
-    api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
+    api::{
+        admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+        core::v1::Secret,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
@@ -55,7 +58,7 @@ pub enum SelfManagedError {
         source: Box<kube::Error>,
     },
     /// The webhook configuration could not be patched.
-    #[error("failed to publish the caBundle in MutatingWebhookConfiguration {name}: {source}")]
+    #[error("failed to publish the caBundle in webhook configuration {name}: {source}")]
     WebhookConfig {
         /// Its name.
         name: String,
@@ -89,6 +92,9 @@ pub struct SelfManaged {
     pub renew_before: Duration,
     /// How often the Secret and caBundle are checked.
     pub check_interval: Duration,
+    /// How soon a check that could not publish everything (a webhook configuration not created
+    /// yet, a lost race, an API error) is repeated.
+    pub retry_interval: Duration,
 }
 
 impl SelfManaged {
@@ -108,6 +114,7 @@ impl SelfManaged {
             cert_validity: Duration::from_secs(365 * 24 * 3600),
             renew_before: Duration::from_secs(90 * 24 * 3600),
             check_interval: Duration::from_secs(3600),
+            retry_interval: Duration::from_secs(10),
         }
     }
 
@@ -120,8 +127,9 @@ impl SelfManaged {
         }
     }
 
-    /// Makes sure a valid certificate exists, loads it into `store` and publishes the caBundle.
-    pub async fn ensure(&self, client: &Client, store: &CertStore) -> Result<(), SelfManagedError> {
+    /// Makes sure a valid certificate exists, loads it into `store` and publishes the caBundle;
+    /// true when every configured MutatingWebhookConfiguration holds it.
+    pub async fn ensure(&self, client: &Client, store: &CertStore) -> Result<bool, SelfManagedError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         // A lost race (409) means another replica wrote first: read again and use its result.
         let mut attempt = 0;
@@ -175,16 +183,27 @@ impl SelfManaged {
         self.publish_ca_bundle(client, &bundle).await
     }
 
-    /// Checks every `check_interval` until `stop`.
-    pub async fn run(self, client: Client, store: Arc<CertStore>, stop: CancellationToken) {
+    /// Checks every `check_interval` until `stop`; sooner (`retry_interval`) while the last
+    /// check could not publish everything. `published` is what the first [`Self::ensure`] said.
+    pub async fn run(self, client: Client, store: Arc<CertStore>, stop: CancellationToken, published: bool) {
+        let mut complete = published;
         loop {
+            let wait = if complete {
+                self.check_interval
+            } else {
+                self.retry_interval
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.check_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            if let Err(error) = self.ensure(&client, &store).await {
-                tracing::error!(%error, "certificate check failed; will retry");
-            }
+            complete = match self.ensure(&client, &store).await {
+                Ok(complete) => complete,
+                Err(error) => {
+                    tracing::error!(%error, "certificate check failed; will retry");
+                    false
+                }
+            };
         }
     }
 
@@ -279,50 +298,113 @@ impl SelfManaged {
         })
     }
 
-    async fn publish_ca_bundle(&self, client: &Client, bundle: &[u8]) -> Result<(), SelfManagedError> {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    async fn publish_ca_bundle(&self, client: &Client, bundle: &[u8]) -> Result<bool, SelfManagedError> {
+        let mut complete = true;
+        let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
         for name in &self.webhook_configs {
             let wrap = |source| SelfManagedError::WebhookConfig {
                 name: name.clone(),
                 source: Box::new(source),
             };
-            let Some(cfg) = api.get_opt(name).await.map_err(wrap)? else {
-                tracing::warn!(config = %name, "MutatingWebhookConfiguration not found; caBundle not published");
-                continue;
-            };
-            let mut ops = Vec::new();
-            for (i, hook) in cfg.webhooks.iter().flatten().enumerate() {
-                if hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle) {
-                    ops.push(serde_json::json!({
-                        "op": "add",
-                        "path": format!("/webhooks/{i}/clientConfig/caBundle"),
-                        "value": base64::engine::general_purpose::STANDARD.encode(bundle),
-                    }));
+            match mutating.get_opt(name).await.map_err(wrap)? {
+                Some(cfg) => {
+                    let current = cfg
+                        .webhooks
+                        .iter()
+                        .flatten()
+                        .map(|h| h.client_config.ca_bundle.as_ref());
+                    complete &= patch_ca_bundle(
+                        &mutating,
+                        name,
+                        current,
+                        cfg.metadata.resource_version.clone(),
+                        bundle,
+                    )
+                    .await
+                    .map_err(wrap)?;
+                }
+                None => {
+                    // Helm creates webhook configurations after Deployments: look again soon.
+                    tracing::warn!(config = %name, "MutatingWebhookConfiguration not found yet; caBundle not published");
+                    complete = false;
                 }
             }
-            if ops.is_empty() {
-                continue;
-            }
-            ops.insert(
-                0,
-                serde_json::json!({"op": "test", "path": "/metadata/resourceVersion",
-                                   "value": cfg.metadata.resource_version}),
-            );
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-                .map_err(|e| wrap(kube::Error::SerdeError(e)))?;
-            match api
-                .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-            {
-                Ok(_) => tracing::info!(config = %name, "caBundle published"),
-                // Another replica patched first; the next check re-reads.
-                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {
-                    tracing::debug!(config = %name, "caBundle patch lost a race")
+            // The validating configuration of the same name (bindings and policies), when there
+            // is one and this webhook may read it (the Helm chart grants it by name).
+            match validating.get_opt(name).await {
+                Ok(Some(cfg)) => {
+                    let current = cfg
+                        .webhooks
+                        .iter()
+                        .flatten()
+                        .map(|h| h.client_config.ca_bundle.as_ref());
+                    complete &= patch_ca_bundle(
+                        &validating,
+                        name,
+                        current,
+                        cfg.metadata.resource_version.clone(),
+                        bundle,
+                    )
+                    .await
+                    .map_err(wrap)?;
+                }
+                Ok(None) => {}
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::debug!(config = %name, "no access to a ValidatingWebhookConfiguration of this name")
                 }
                 Err(e) => return Err(wrap(e)),
             }
         }
-        Ok(())
+        Ok(complete)
+    }
+}
+
+/// Sets every webhook's caBundle in configuration `name` to `bundle`, unless all already hold
+/// it; guarded by `resource_version`, so a replica that lost a race (false) checks again soon.
+async fn patch_ca_bundle<'a, K>(
+    api: &Api<K>,
+    name: &str,
+    current: impl Iterator<Item = Option<&'a ByteString>>,
+    resource_version: Option<String>,
+    bundle: &[u8],
+) -> Result<bool, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut ops = Vec::new();
+    for (i, ca) in current.enumerate() {
+        if ca.map(|b| b.0.as_slice()) != Some(bundle) {
+            ops.push(serde_json::json!({
+                "op": "add",
+                "path": format!("/webhooks/{i}/clientConfig/caBundle"),
+                "value": base64::engine::general_purpose::STANDARD.encode(bundle),
+            }));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(true);
+    }
+    ops.insert(
+        0,
+        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}),
+    );
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    match api
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(config = %name, "caBundle published");
+            Ok(true)
+        }
+        // Another replica patched first; the next check re-reads.
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {
+            tracing::debug!(config = %name, "caBundle patch lost a race");
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+pub mod doctor;
 mod logging;
 
 /// Entra workload identity for Kubernetes.
@@ -26,6 +27,12 @@ enum Command {
     Token(wif_exchange::cli::TokenArgs),
     /// Run a local Entra (token endpoint, discovery, Graph and ARM credential APIs) for demos and tests.
     Emulator(Box<wif_emulator::Args>),
+    /// Check, one line per step, why a pod or ServiceAccount does (not) get Entra tokens.
+    Doctor(Box<cmd::doctor::DoctorArgs>),
+    /// Run the FederatedIdentityBinding controller (Graph and ARM federated credentials).
+    Controller(Box<cmd::controller::ControllerArgs>),
+    /// Print the CustomResourceDefinitions (YAML), e.g. `wif crd | kubectl apply -f -`.
+    Crd(cmd::crd::CrdArgs),
     /// Print the version.
     Version,
 }
@@ -41,6 +48,9 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Mutate(args) => cmd::mutate::run(args),
+        Command::Controller(args) => cmd::run_async(cmd::controller::run(*args)),
+        Command::Crd(args) => cmd::crd::run(args),
+        Command::Doctor(args) => cmd::doctor::run(*args),
         Command::Webhook(args) => cmd::run_async(cmd::webhook::run(*args)),
         Command::Token(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

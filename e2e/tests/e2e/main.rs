@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adder;
+mod controller;
+mod doctor;
 mod exchange;
 mod harness;
+mod helm;
 mod token;
 mod webhook;

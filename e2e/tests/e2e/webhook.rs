@@ -337,10 +337,19 @@ async fn self_managed_certificates_are_created_published_and_shared_by_replicas(
     );
 
     let api = kube::Api::<MutatingWebhookConfiguration>::all(ns.client.clone());
-    let published = api.get(&config).await.unwrap().webhooks.unwrap()[0]
-        .client_config
-        .ca_bundle
-        .clone();
+    // A replica that started before the configuration existed publishes on its next check
+    // (seconds later, not at the hourly one).
+    let mut published = None;
+    for _ in 0..150 {
+        published = api.get(&config).await.unwrap().webhooks.unwrap()[0]
+            .client_config
+            .ca_bundle
+            .clone();
+        if published.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         published.map(|b| b.0),
         Some(bundle.clone()),

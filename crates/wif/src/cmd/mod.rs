@@ -2,6 +2,9 @@
 
 use std::{future::Future, process::ExitCode};
 
+pub mod controller;
+pub mod crd;
+pub mod doctor;
 pub mod mutate;
 pub mod webhook;
 

@@ -1,0 +1,556 @@
+//! One HTTP path for Graph and ARM: a bearer token from the controller's own workload identity,
+//! bounded retries of 429, 5xx and ARM's concurrent-write 409 honouring `Retry-After`, typed
+//! errors, and a count of every request by service, method and status.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use rand::Rng;
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use wif_exchange::{TokenRequestOptions, WorkloadIdentityCredential};
+
+use crate::metrics::Metrics;
+
+/// ARM's code for concurrent credential writes under one identity: retried, not reported.
+pub const ARM_CONCURRENT_WRITES: &str =
+    "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity";
+
+/// Largest response body read.
+const MAX_BODY: usize = 4 << 20;
+
+/// Gives access tokens to the Graph and ARM clients.
+pub trait TokenProvider: Send + Sync + 'static {
+    /// An access token for `scope` (`<resource>/.default`) in `tenant`.
+    fn token<'a>(
+        &'a self,
+        tenant: &'a str,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<String, wif_exchange::Error>>;
+}
+
+/// The production provider: the controller's own workload identity. Tokens are cached and
+/// refreshed by `wif-exchange`.
+impl TokenProvider for WorkloadIdentityCredential {
+    fn token<'a>(
+        &'a self,
+        tenant: &'a str,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<String, wif_exchange::Error>> {
+        Box::pin(async move {
+            let mut options = TokenRequestOptions::default();
+            if !tenant.eq_ignore_ascii_case(self.tenant_id()) {
+                options = options.with_tenant_id(tenant);
+            }
+            let token = self.get_token(&[scope], &options).await?;
+            Ok(token.token().expose_secret().to_owned())
+        })
+    }
+}
+
+/// The Azure API a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue)]
+pub enum Service {
+    /// Microsoft Graph.
+    Graph,
+    /// Azure Resource Manager.
+    Arm,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Graph => "Microsoft Graph",
+            Self::Arm => "ARM",
+        })
+    }
+}
+
+/// A failed Graph or ARM call.
+#[derive(Debug, thiserror::Error)]
+pub enum AzureError {
+    /// The controller could not get an access token (its own identity, or the tenant).
+    #[error("failed to get an access token for {service} in tenant {tenant}: {source}")]
+    Token {
+        /// The API.
+        service: Service,
+        /// The tenant asked for.
+        tenant: String,
+        /// wif-exchange's error (AADSTS code and hint included).
+        #[source]
+        source: wif_exchange::Error,
+    },
+    /// The API answered with an error status (after retries, when retryable).
+    #[error("{service} answered HTTP {status} {code} to {method} {path}: {message}")]
+    Api {
+        /// The API.
+        service: Service,
+        /// HTTP method.
+        method: String,
+        /// URL path (no query).
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// The error code of the body (`Request_ResourceNotFound`, `BadRequest`, …).
+        code: String,
+        /// The error message of the body.
+        message: String,
+    },
+    /// No answer (connection, TLS, timeout), after retries.
+    #[error("failed to call {service} {method} {path} after {attempts} attempt(s): {source}")]
+    Transport {
+        /// The API.
+        service: Service,
+        /// HTTP method.
+        method: String,
+        /// URL path.
+        path: String,
+        /// Attempts made.
+        attempts: u32,
+        /// reqwest's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A success status with a body that is not what the API documents.
+    #[error("{service} answered {method} {path} with an unexpected body: {reason}")]
+    Decode {
+        /// The API.
+        service: Service,
+        /// HTTP method.
+        method: String,
+        /// URL path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl AzureError {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The error code of the body, for API errors.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The message of the body, for API errors.
+    pub fn api_message(&self) -> Option<&str> {
+        match self {
+            Self::Api { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// 404.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// Worth retrying later without a spec change (throttling, server or network trouble).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { status, code, .. } => {
+                *status == 429 || *status >= 500 || (*status == 409 && code == ARM_CONCURRENT_WRITES)
+            }
+            Self::Transport { .. } => true,
+            Self::Token { source, .. } => source.is_transient(),
+            Self::Decode { .. } => false,
+        }
+    }
+}
+
+/// How failed calls are retried within one operation (a reconcile retries again later, with
+/// its own backoff).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Base of the jittered exponential backoff.
+    pub base_delay: Duration,
+    /// Cap of one delay, `Retry-After` included.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry `retry` (0-based): drawn from `[d/2, d]` with
+    /// `d = min(max_delay, base · 2^retry)`, raised to the server's `Retry-After`, capped.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(retry.min(20)))
+            .min(self.max_delay);
+        let half = exp / 2;
+        let jittered = half + rand::rng().random_range(Duration::ZERO..=exp - half);
+        jittered.max(retry_after.unwrap_or_default()).min(self.max_delay)
+    }
+}
+
+/// `Retry-After` (seconds, fractions allowed as Graph sends them, or an HTTP date),
+/// `retry-after-ms` or `x-ms-retry-after-ms`.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+        if let Some(ms) = get(name).and_then(|v| v.parse::<f64>().ok())
+            && ms.is_finite()
+            && ms >= 0.0
+        {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let value = get("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let wait = when.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(wait).unwrap_or_default())
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status (2xx).
+    pub status: u16,
+    /// The JSON body (`Null` when empty).
+    pub body: Value,
+}
+
+/// The shared HTTP path of the Graph and ARM clients.
+pub struct AzureHttp {
+    client: reqwest::Client,
+    tokens: Arc<dyn TokenProvider>,
+    retry: RetryConfig,
+    timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl fmt::Debug for AzureHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureHttp")
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request to send.
+pub struct Call<'a> {
+    /// The API.
+    pub service: Service,
+    /// Token scope (`<resource>/.default`).
+    pub scope: &'a str,
+    /// Tenant the token is for.
+    pub tenant: &'a str,
+    /// HTTP method.
+    pub method: Method,
+    /// Full URL.
+    pub url: &'a str,
+    /// JSON body.
+    pub body: Option<&'a Value>,
+}
+
+impl AzureHttp {
+    /// An HTTP path with this client (redirects must be off), token provider and retry policy.
+    pub fn new(
+        client: reqwest::Client,
+        tokens: Arc<dyn TokenProvider>,
+        retry: RetryConfig,
+        timeout: Duration,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Self {
+            client,
+            tokens,
+            retry,
+            timeout,
+            metrics,
+        }
+    }
+
+    fn count(&self, service: Service, method: &Method, status: &str) {
+        if let Some(m) = &self.metrics {
+            m.azure_request(service, method.as_str(), status);
+        }
+    }
+
+    /// Sends `call`, retrying transient failures; `Ok` only for a 2xx answer.
+    pub async fn send(&self, call: Call<'_>) -> Result<Answer, AzureError> {
+        let Call {
+            service,
+            scope,
+            tenant,
+            method,
+            url,
+            body,
+        } = call;
+        let path = url
+            .split('?')
+            .next()
+            .unwrap_or(url)
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+            .unwrap_or_default();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let token = self
+                .tokens
+                .token(tenant, scope)
+                .await
+                .map_err(|source| AzureError::Token {
+                    service,
+                    tenant: tenant.to_owned(),
+                    source,
+                })?;
+            let mut request = self
+                .client
+                .request(method.clone(), url)
+                .bearer_auth(token)
+                .timeout(self.timeout)
+                .header("client-request-id", uuid_v4());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let started = std::time::Instant::now();
+            let result = request.send().await;
+            let response = match result {
+                Ok(r) => r,
+                Err(source) => {
+                    self.count(service, &method, "transport");
+                    if attempt < self.retry.max_attempts {
+                        let delay = self.retry.delay(attempt - 1, None);
+                        tracing::debug!(%service, method = %method, %path, attempt, error = %source, ?delay, "retrying after a transport error");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(AzureError::Transport {
+                        service,
+                        method: method.to_string(),
+                        path,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+            };
+            let status = response.status();
+            self.count(service, &method, status.as_str());
+            let wait = retry_after(response.headers());
+            let bytes = match read_body(response).await {
+                Ok(b) => b,
+                Err(source) => {
+                    if attempt < self.retry.max_attempts {
+                        tokio::time::sleep(self.retry.delay(attempt - 1, None)).await;
+                        continue;
+                    }
+                    return Err(AzureError::Transport {
+                        service,
+                        method: method.to_string(),
+                        path,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+            };
+            tracing::trace!(%service, method = %method, %path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "azure call");
+            if status.is_success() {
+                let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).map_err(|e| AzureError::Decode {
+                        service,
+                        method: method.to_string(),
+                        path: path.clone(),
+                        reason: format!("not JSON: {e}"),
+                    })?
+                };
+                return Ok(Answer {
+                    status: status.as_u16(),
+                    body,
+                });
+            }
+            let (code, message) = error_body(&bytes, status);
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || (status.is_server_error()
+                    && status != StatusCode::NOT_IMPLEMENTED
+                    && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+                || (status == StatusCode::CONFLICT && code == ARM_CONCURRENT_WRITES);
+            if retryable && attempt < self.retry.max_attempts {
+                let delay = self.retry.delay(attempt - 1, wait);
+                tracing::debug!(%service, method = %method, %path, status = status.as_u16(), %code, attempt, ?delay, "retrying");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            return Err(AzureError::Api {
+                service,
+                method: method.to_string(),
+                path,
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+    }
+}
+
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut response = response;
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if out.len() + chunk.len() > MAX_BODY {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `(code, message)` of a Graph or ARM error body: `{"error":{"code","message"}}`, where Graph's
+/// message may be `{"lang","value"}`. Anything else: the status text and the body's start.
+pub fn error_body(bytes: &[u8], status: StatusCode) -> (String, String) {
+    let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").replace(' ', ""));
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str().or_else(|| m.get("value").and_then(Value::as_str)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
+    (code, message)
+}
+
+fn uuid_v4() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 0x0f,
+        b[7],
+        8 | (b[8] & 0x3),
+        b[8] >> 4,
+        b[9],
+        b[10..].iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2")])),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2.128")])),
+            Some(Duration::from_millis(2128))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "150")])),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "-1")])), None);
+        assert_eq!(retry_after(&headers(&[])), None);
+        let past = retry_after(&headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]));
+        assert_eq!(past, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn delays_are_jittered_raised_by_retry_after_and_capped() {
+        let r = RetryConfig {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let d = r.delay(1, None);
+            assert!(
+                (Duration::from_millis(100)..=Duration::from_millis(200)).contains(&d),
+                "{d:?}"
+            );
+        }
+        assert_eq!(r.delay(0, Some(Duration::from_secs(1))), Duration::from_secs(1));
+        assert_eq!(r.delay(0, Some(Duration::from_secs(60))), Duration::from_secs(2));
+        assert!(r.delay(30, None) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn error_bodies_of_graph_and_arm() {
+        let graph = br#"{"error":{"code":"Request_ResourceNotFound","message":"Resource 'x' does not exist","innerError":{}}}"#;
+        assert_eq!(
+            error_body(graph, StatusCode::NOT_FOUND),
+            (
+                "Request_ResourceNotFound".into(),
+                "Resource 'x' does not exist".into()
+            )
+        );
+        let lang = br#"{"error":{"code":"BadRequest","message":{"lang":"en","value":"bad"}}}"#;
+        assert_eq!(error_body(lang, StatusCode::BAD_REQUEST).1, "bad");
+        let (code, message) = error_body(b"<html>gateway</html>", StatusCode::BAD_GATEWAY);
+        assert_eq!(code, "BadGateway");
+        assert!(message.contains("gateway"));
+    }
+
+    #[test]
+    fn transient_errors() {
+        let api = |status, code: &str| AzureError::Api {
+            service: Service::Arm,
+            method: "PUT".into(),
+            path: "/x".into(),
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(api(429, "TooManyRequests").is_transient());
+        assert!(api(503, "ServiceUnavailable").is_transient());
+        assert!(api(409, ARM_CONCURRENT_WRITES).is_transient());
+        assert!(!api(409, "Conflict").is_transient());
+        assert!(!api(400, "BadRequest").is_transient());
+        assert!(api(404, "NotFound").is_not_found());
+    }
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let id = uuid_v4();
+        assert!(wif_api::is_guid(&id), "{id}");
+    }
+}

@@ -1,0 +1,225 @@
+//! The kube-runtime Controller: bindings, triggered also by their ServiceAccounts, by every
+//! policy change and by namespace label changes, run while this replica leads.
+
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, Ordering},
+};
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::{
+    Api, Client, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        controller::{self, Controller},
+        events::Recorder,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio_util::sync::CancellationToken;
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+
+use crate::{
+    azure::Azure,
+    context::{Backoff, Context, Settings, Stores},
+    directory::Directory,
+    leader::Leadership,
+    metrics::Metrics,
+    propagation::ExchangeConfig,
+    reconcile::{error_policy, reconcile},
+};
+
+/// Everything a leadership term needs, built once at start.
+#[derive(Clone)]
+pub struct Shared {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Graph and ARM.
+    pub azure: Azure,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Resolved settings.
+    pub settings: Settings,
+    /// The token-exchange check.
+    pub exchange: Option<ExchangeConfig>,
+    /// Watch only this namespace.
+    pub watch_namespace: Option<String>,
+    /// Parallel reconciles.
+    pub concurrency: u16,
+    /// Backoff bounds.
+    pub backoff: (std::time::Duration, std::time::Duration),
+    /// The binding cache of the current term (for the owned-credentials gauge).
+    pub bindings: Arc<Mutex<Option<Store<FederatedIdentityBinding>>>>,
+    /// Whether the current term's caches have synced.
+    pub synced: Arc<AtomicBool>,
+}
+
+/// Watch events as objects to map to bindings, deletions included (a deleted policy or
+/// ServiceAccount changes what its bindings may do).
+fn objects<K: Clone + Send + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    events
+        .map_ok(|event| {
+            let items: Vec<Result<K, watcher::Error>> = match event {
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+                    vec![Ok(o)]
+                }
+                watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+            };
+            futures::stream::iter(items)
+        })
+        .try_flatten()
+}
+
+/// Runs the controller until `stop` (end of the leadership term or shutdown), then lets the
+/// reconciles in flight finish.
+pub async fn run_term(shared: &Shared, leadership: Leadership, stop: CancellationToken) {
+    let client = shared.client.clone();
+    let (bindings_api, sa_api): (
+        Api<FederatedIdentityBinding>,
+        Api<PartialObjectMeta<ServiceAccount>>,
+    ) = match &shared.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let ns_config = match &shared.watch_namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+
+    let (policies, policy_writer) = reflector::store();
+    let policy_events = watcher(
+        Api::<FederatedIdentityPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(policy_writer);
+    let (namespaces, ns_writer) = reflector::store();
+    // `Api<PartialObjectMeta<_>>` lists and watches metadata only.
+    let ns_events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        ns_config,
+    )
+    .default_backoff()
+    .reflect(ns_writer);
+    let (service_accounts, sa_writer) = reflector::store();
+    let sa_events = watcher(sa_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(sa_writer);
+
+    let controller = Controller::new(bindings_api, watcher::Config::default());
+    let bindings = controller.store();
+    *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
+    let stores = Stores {
+        bindings: bindings.clone(),
+        policies,
+        namespaces,
+        service_accounts,
+    };
+    {
+        let (stores, synced) = (stores.clone(), shared.synced.clone());
+        synced.store(false, Ordering::Release);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+            if crate::context::wait_store(&stores.bindings, deadline, "bindings")
+                .await
+                .is_ok()
+                && stores
+                    .wait_ready(std::time::Duration::from_secs(3600))
+                    .await
+                    .is_ok()
+            {
+                tracing::info!(
+                    bindings = stores.bindings.len(),
+                    policies = stores.policies.len(),
+                    "caches synced"
+                );
+                synced.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    let ctx = Arc::new(Context {
+        client,
+        azure: shared.azure.clone(),
+        directory: Directory::new(
+            // One list serves the bindings of an identity during its (aligned) resync.
+            (shared.settings.resync_interval / 4).max(std::time::Duration::from_millis(500)),
+            std::time::Duration::from_secs(600),
+        ),
+        stores,
+        recorder: shared.recorder.clone(),
+        metrics: shared.metrics.clone(),
+        backoff: Backoff::new(shared.backoff.0, shared.backoff.1),
+        leadership,
+        settings: shared.settings.clone(),
+        exchange: shared.exchange.clone(),
+    });
+
+    let by_service_account = {
+        let store = bindings.clone();
+        move |sa: PartialObjectMeta<ServiceAccount>| {
+            let (ns, name) = (sa.namespace(), sa.name_any());
+            store
+                .state()
+                .iter()
+                .filter(|b| b.namespace() == ns && b.spec.service_account_name == name)
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let every_binding = {
+        let store = bindings.clone();
+        move |_: FederatedIdentityPolicy| {
+            store
+                .state()
+                .iter()
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_namespace = {
+        let store = bindings.clone();
+        move |ns: PartialObjectMeta<Namespace>| {
+            let name = ns.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|b| b.namespace().as_deref() == Some(name.as_str()))
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    tracing::info!(
+        namespace = shared.watch_namespace.as_deref().unwrap_or("*"),
+        "controller running"
+    );
+    controller
+        .watches_stream(objects(sa_events), by_service_account)
+        .watches_stream(objects(policy_events), every_binding)
+        .watches_stream(objects(ns_events), by_namespace)
+        .with_config(controller::Config::default().concurrency(shared.concurrency))
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok(_) => {}
+                Err(controller::Error::ObjectNotFound(obj)) => tracing::debug!(object = %obj, "binding gone"),
+                Err(controller::Error::ReconcilerFailed(_, _)) => {} // logged by error_policy
+                Err(error) => tracing::warn!(%error, "controller error"),
+            }
+        })
+        .await;
+    shared.synced.store(false, Ordering::Release);
+    tracing::info!("controller stopped");
+}

@@ -1,0 +1,235 @@
+//! Per-identity state shared by all bindings of one identity:
+//!
+//! - one async lock per identity, held while its credentials are read, planned and written, so
+//!   writes to one identity are serialised across the whole controller (ARM answers 409 to
+//!   concurrent writes; Graph has no such guard but the same race);
+//! - the identity's credential list, cached for a short time so that one list serves every
+//!   binding of the identity in a resync (their resyncs are aligned, see [`next_resync`]);
+//! - resolved identities (client id → object id, resource id → client id), which do not change.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::azure::{FederatedCredential, Parent};
+
+/// The cached credential list of one identity.
+#[derive(Debug, Default)]
+pub struct Listing {
+    credentials: Vec<FederatedCredential>,
+    fetched: Option<Instant>,
+}
+
+impl Listing {
+    /// The cached list, if fetched less than `ttl` ago.
+    pub fn fresh(&self, ttl: Duration) -> Option<&[FederatedCredential]> {
+        self.fetched
+            .filter(|at| at.elapsed() < ttl)
+            .map(|_| self.credentials.as_slice())
+    }
+
+    /// Stores a freshly fetched list.
+    pub fn set(&mut self, credentials: Vec<FederatedCredential>) {
+        self.credentials = credentials;
+        self.fetched = Some(Instant::now());
+    }
+
+    /// Forgets the list (after a surprise: the next binding lists again).
+    pub fn invalidate(&mut self) {
+        self.fetched = None;
+    }
+
+    /// Records a credential we created or updated.
+    pub fn upsert(&mut self, credential: FederatedCredential) {
+        match self
+            .credentials
+            .iter_mut()
+            .find(|c| c.name.eq_ignore_ascii_case(&credential.name))
+        {
+            Some(existing) => *existing = credential,
+            None => self.credentials.push(credential),
+        }
+    }
+
+    /// Records a credential we deleted.
+    pub fn remove(&mut self, name: &str) {
+        self.credentials.retain(|c| !c.name.eq_ignore_ascii_case(name));
+    }
+}
+
+/// What a binding's identity resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedIdentity {
+    /// Where its credentials live.
+    pub parent: Parent,
+    /// Client id (for the ServiceAccount annotation and token exchanges).
+    pub client_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+}
+
+/// The per-identity state of the controller.
+#[derive(Debug)]
+pub struct Directory {
+    locks: Mutex<HashMap<String, Arc<AsyncMutex<Listing>>>>,
+    resolved: Mutex<HashMap<String, (ResolvedIdentity, Instant)>>,
+    /// How long a list serves other bindings of the identity.
+    pub list_ttl: Duration,
+    /// How long a resolved identity is reused.
+    pub resolve_ttl: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new(list_ttl: Duration, resolve_ttl: Duration) -> Self {
+        Self {
+            locks: Mutex::default(),
+            resolved: Mutex::default(),
+            list_ttl,
+            resolve_ttl,
+        }
+    }
+
+    /// Waits for the identity's lock; while it is held, nobody else in this controller reads or
+    /// writes the identity's credentials.
+    pub async fn lock(&self, parent_key: &str) -> OwnedMutexGuard<Listing> {
+        let entry = lock(&self.locks)
+            .entry(parent_key.to_owned())
+            .or_default()
+            .clone();
+        entry.lock_owned().await
+    }
+
+    /// Number of identities seen.
+    pub fn identities(&self) -> usize {
+        lock(&self.locks).len()
+    }
+
+    /// A cached resolution of `key`.
+    pub fn resolved(&self, key: &str) -> Option<ResolvedIdentity> {
+        let map = lock(&self.resolved);
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < self.resolve_ttl)
+            .map(|(r, _)| r.clone())
+    }
+
+    /// Caches a resolution.
+    pub fn remember(&self, key: String, resolved: ResolvedIdentity) {
+        lock(&self.resolved).insert(key, (resolved, Instant::now()));
+    }
+
+    /// Forgets a resolution (the identity was not found where it was).
+    pub fn forget(&self, key: &str) {
+        lock(&self.resolved).remove(key);
+    }
+}
+
+/// Delay until the next periodic resync of a binding of identity `parent_key`.
+///
+/// Each identity gets a fixed phase in the interval (a hash of its key), so identities are
+/// spread over the interval (no thundering herd) while all bindings of one identity come due
+/// together and share one list. `jitter` (random, small) spreads the bindings of one identity
+/// a little. Never less than half an interval.
+pub fn next_resync(parent_key: &str, interval: Duration, jitter: Duration, now: SystemTime) -> Duration {
+    let interval_ms = interval.as_millis().max(1);
+    let mut hasher = DefaultHasher::new();
+    parent_key.hash(&mut hasher);
+    let phase = u128::from(hasher.finish()) % interval_ms;
+    let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let since_phase = (now_ms + interval_ms - phase) % interval_ms;
+    let mut wait = interval_ms - since_phase;
+    if wait < interval_ms / 2 {
+        wait += interval_ms;
+    }
+    let spread = if jitter.is_zero() {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(rand::random::<u64>() % (jitter.as_millis().max(1) as u64))
+    };
+    Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX)) + spread
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fic(name: &str) -> FederatedCredential {
+        FederatedCredential {
+            id: name.into(),
+            name: name.into(),
+            issuer: "i".into(),
+            subject: "s".into(),
+            audiences: vec!["a".into()],
+            description: None,
+        }
+    }
+
+    #[test]
+    fn listing_freshness_and_edits() {
+        let mut l = Listing::default();
+        assert!(l.fresh(Duration::from_secs(10)).is_none());
+        l.set(vec![fic("a")]);
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(1));
+        assert!(l.fresh(Duration::ZERO).is_none());
+        l.upsert(fic("B"));
+        l.upsert(fic("b"));
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(2));
+        l.remove("A");
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(1));
+        l.invalidate();
+        assert!(l.fresh(Duration::from_secs(10)).is_none());
+    }
+
+    #[test]
+    fn resyncs_of_one_identity_align() {
+        let interval = Duration::from_secs(600);
+        let now = SystemTime::now();
+        let a = next_resync("arm/x", interval, Duration::ZERO, now);
+        let b = next_resync("arm/x", interval, Duration::ZERO, now + Duration::from_millis(1));
+        // Both land on the same phase: one millisecond later, one millisecond sooner.
+        assert!(a.abs_diff(b) <= Duration::from_millis(1), "{a:?} {b:?}");
+        assert!(a >= interval / 2 && a <= interval + interval / 2, "{a:?}");
+        // Different identities are spread.
+        let phases: std::collections::HashSet<u64> = (0..20)
+            .map(|i| next_resync(&format!("graph/t/{i}"), interval, Duration::ZERO, now).as_secs())
+            .collect();
+        assert!(phases.len() > 10, "{phases:?}");
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let interval = Duration::from_secs(10);
+        for _ in 0..50 {
+            let d = next_resync("k", interval, Duration::from_millis(300), SystemTime::now());
+            assert!(d <= interval + interval / 2 + Duration::from_millis(300));
+        }
+    }
+
+    #[tokio::test]
+    async fn one_identity_one_writer() {
+        let dir = Arc::new(Directory::new(Duration::from_secs(1), Duration::from_secs(1)));
+        let guard = dir.lock("k").await;
+        let other = {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let _g = dir.lock("k").await;
+            })
+        };
+        // A different identity is not blocked.
+        let _free = dir.lock("other").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!other.is_finished());
+        drop(guard);
+        other.await.unwrap();
+        assert_eq!(dir.identities(), 2);
+    }
+}

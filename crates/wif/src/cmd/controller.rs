@@ -1,0 +1,283 @@
+//! `wif controller`
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use wif_api::Cloud;
+use wif_controller::{
+    AzureEndpoints, ControllerConfig, CredentialConfig, PropagationConfig, azure::RetryConfig,
+    leader::LeaderConfig,
+};
+
+use crate::logging::{self, LogFormat};
+
+/// Flags of `wif controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Tenant of the controller's own identity, and of bindings that name none.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    tenant_id: String,
+    /// Client id of the controller's own identity (an application or managed identity allowed
+    /// to write federated credentials).
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    client_id: String,
+    /// The controller's projected ServiceAccount token (its own workload identity).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", default_value = wif_api::TOKEN_FILE_PATH)]
+    token_file: PathBuf,
+    /// Other tenants bindings may name (`*` for any), comma-separated.
+    #[arg(long, env = "AZURE_ADDITIONALLY_ALLOWED_TENANTS", value_delimiter = ',')]
+    additionally_allowed_tenants: Vec<String>,
+    /// Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud (case-insensitive).
+    #[arg(long, env = "AZURE_ENVIRONMENT", default_value = "AzurePublicCloud")]
+    cloud: String,
+    /// Entra authority host (default: the cloud's).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    authority_host: Option<String>,
+    /// Microsoft Graph endpoint, without version (default: the cloud's).
+    #[arg(long, env = "WIF_GRAPH_URL")]
+    graph_url: Option<String>,
+    /// ARM endpoint (default: the cloud's).
+    #[arg(long, env = "WIF_ARM_URL")]
+    arm_url: Option<String>,
+    /// Scope of Graph tokens (default: `<cloud Graph>/.default`).
+    #[arg(long, env = "WIF_GRAPH_SCOPE")]
+    graph_scope: Option<String>,
+    /// Scope of ARM tokens (default: `<cloud ARM>/.default`).
+    #[arg(long, env = "WIF_ARM_SCOPE")]
+    arm_scope: Option<String>,
+    /// Extra CA bundle (PEM) trusted for Graph, ARM and the authority. Repeatable.
+    #[arg(long = "trust-ca", env = "WIF_TRUST_CA", value_delimiter = ',')]
+    trust_ca: Vec<PathBuf>,
+    /// Service-account issuer (default: discovered from the API server, byte for byte).
+    #[arg(long, env = "WIF_ISSUER")]
+    issuer: Option<String>,
+    /// Cluster identity in ownership markers and default credential names (default: the uid
+    /// of namespace kube-system).
+    #[arg(long, env = "WIF_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Audience of credentials whose binding names none (default: the cloud's token-exchange
+    /// audience).
+    #[arg(long, env = "WIF_AUDIENCE")]
+    audience: Option<String>,
+    /// Reconcile bindings of this namespace only (default: all namespaces).
+    #[arg(long, env = "WIF_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Periodic resync (drift correction) interval.
+    #[arg(long, env = "WIF_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    resync_interval: Duration,
+    /// Random spread added to each binding's resync.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    resync_jitter: Duration,
+    /// Parallel reconciles.
+    #[arg(long, env = "WIF_CONCURRENCY", default_value_t = 32)]
+    concurrency: u16,
+    /// Federated credentials one identity may hold (Entra's limit).
+    #[arg(long, default_value_t = 20)]
+    max_credentials_per_identity: usize,
+    /// First delay of the per-binding retry backoff.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    backoff_base: Duration,
+    /// Largest delay of the per-binding retry backoff.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// Consecutive consistent reads of a written credential before `Propagated`.
+    #[arg(long, default_value_t = 3)]
+    readback_count: u32,
+    /// Pause between those reads.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    readback_interval: Duration,
+    /// Also exchange a real token of the bound ServiceAccount before `Propagated=True`.
+    #[arg(long, env = "WIF_VERIFY_TOKEN_EXCHANGE")]
+    verify_token_exchange: bool,
+    /// Scope of the verification exchange.
+    #[arg(long, default_value = "https://graph.microsoft.com/.default")]
+    verify_scope: String,
+    /// Attempts per Graph/ARM call (429, 5xx and concurrent-write 409 are retried).
+    #[arg(long, default_value_t = 6)]
+    azure_max_attempts: u32,
+    /// Base delay of Graph/ARM retries (raised to `Retry-After`).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    azure_retry_base: Duration,
+    /// Largest delay of one Graph/ARM retry.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    azure_retry_max: Duration,
+    /// Timeout of one Graph/ARM request.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    azure_timeout: Duration,
+    /// Elect a leader through a Lease (only the leader writes).
+    #[arg(long, env = "WIF_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wif-system")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "wif-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME or the host name, plus a random
+    /// suffix).
+    #[arg(long, env = "WIF_LEADER_IDENTITY")]
+    leader_identity: Option<String>,
+    /// Lease duration.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long the leader acts without renewing.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// Pause between Lease attempts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "WIF_ADMIN_LISTEN", default_value = "0.0.0.0:9441")]
+    admin_listen: SocketAddr,
+    /// Log filter (e.g. info, debug, wif_controller=debug).
+    #[arg(long, env = "WIF_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "WIF_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "wif-controller".to_owned());
+    format!("{base}_{:08x}", rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    // Unique enough per process: the PID and the start time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let ControllerArgs {
+        tenant_id,
+        client_id,
+        token_file,
+        additionally_allowed_tenants,
+        cloud,
+        authority_host,
+        graph_url,
+        arm_url,
+        graph_scope,
+        arm_scope,
+        trust_ca,
+        issuer,
+        cluster_id,
+        audience,
+        watch_namespace,
+        resync_interval,
+        resync_jitter,
+        concurrency,
+        max_credentials_per_identity,
+        backoff_base,
+        backoff_max,
+        readback_count,
+        readback_interval,
+        verify_token_exchange,
+        verify_scope,
+        azure_max_attempts,
+        azure_retry_base,
+        azure_retry_max,
+        azure_timeout,
+        leader_elect,
+        lease_namespace,
+        lease_name,
+        leader_identity,
+        lease_duration,
+        renew_deadline,
+        retry_period,
+        admin_listen,
+        log_level,
+        log_format,
+    } = args;
+    logging::init(&log_level, log_format);
+    let cloud: Cloud = cloud.parse().context("invalid --cloud")?;
+    let mut azure = AzureEndpoints::for_cloud(cloud);
+    if let Some(a) = authority_host {
+        azure.authority_host = a;
+    }
+    if let Some(g) = graph_url {
+        azure.graph_endpoint = g;
+    }
+    if let Some(a) = arm_url {
+        azure.arm_endpoint = a;
+    }
+    if let Some(s) = graph_scope {
+        azure.graph_scope = s;
+    }
+    if let Some(s) = arm_scope {
+        azure.arm_scope = s;
+    }
+    for path in trust_ca {
+        let pem =
+            std::fs::read(&path).with_context(|| format!("failed to read --trust-ca {}", path.display()))?;
+        azure.extra_ca_pems.push((path.display().to_string(), pem));
+    }
+    azure.retry = RetryConfig {
+        max_attempts: azure_max_attempts.max(1),
+        base_delay: azure_retry_base,
+        max_delay: azure_retry_max,
+    };
+    azure.request_timeout = azure_timeout;
+
+    let credential = CredentialConfig {
+        tenant_id,
+        client_id,
+        token_file,
+        additionally_allowed_tenants: additionally_allowed_tenants
+            .into_iter()
+            .flat_map(|t| t.split(';').map(str::trim).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    };
+    let mut cfg = ControllerConfig::new(credential, cloud);
+    cfg.azure = azure;
+    cfg.issuer = issuer;
+    cfg.cluster_id = cluster_id;
+    cfg.default_audience = audience;
+    cfg.watch_namespace = watch_namespace;
+    cfg.resync_interval = resync_interval;
+    cfg.resync_jitter = resync_jitter;
+    cfg.concurrency = concurrency;
+    cfg.max_credentials_per_identity = max_credentials_per_identity;
+    cfg.backoff_base = backoff_base;
+    cfg.backoff_max = backoff_max;
+    cfg.propagation = PropagationConfig {
+        readback_count,
+        readback_interval,
+        verify_token_exchange,
+        verify_scope,
+    };
+    cfg.leader = leader_elect.then(|| LeaderConfig {
+        namespace: lease_namespace,
+        name: lease_name,
+        identity: leader_identity.unwrap_or_else(default_identity),
+        lease_duration,
+        renew_deadline,
+        retry_period,
+    });
+    cfg.admin_listen = admin_listen;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to create a Kubernetes client")?;
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        signal_stop.cancel();
+    });
+    wif_controller::run(cfg, client, stop).await?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Controller benchmark (`make bench`): 1000 bindings over 50 identities (25 applications through
+//! Graph, 25 user-assigned identities through ARM, 20 bindings each — Entra's limit), the emulator
+//! adding 50 ms to every Graph/ARM call and answering 5 % of them with 429 + `Retry-After`.
+//!
+//! Measures: seconds from controller start until every binding is Ready, Azure writes per binding
+//! (successful, and attempts including throttled ones), Azure writes and reads during a steady
+//! state window, and the controller's resident memory. Writes a JSON report.
+//!
+//! ```text
+//! cargo build --release -p wif
+//! WIF_BIN=$CARGO_TARGET_DIR/release/wif WIF_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh | tail -1) \
+//!   cargo run --release -p wif-e2e --example bench_controller -- \
+//!   --steady-seconds 300 --out bench/results/controller.json
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use kube::api::{ListParams, PostParams};
+use serde_json::{Value, json};
+use wif_api::FederatedIdentityBinding;
+use wif_e2e::{
+    TestNs,
+    controller::{
+        ControllerEnv, ControllerOptions, ControllerProcess, PolicyGuard, SUBSCRIPTION, binding, identity_id,
+        is_ready, metric_sum,
+    },
+};
+
+struct Args {
+    bindings: usize,
+    identities: usize,
+    latency_ms: u64,
+    throttle: f64,
+    retry_after: f64,
+    steady_seconds: u64,
+    resync: String,
+    concurrency: u16,
+    out: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        bindings: 1000,
+        identities: 50,
+        latency_ms: 50,
+        throttle: 0.05,
+        retry_after: 1.0,
+        steady_seconds: 300,
+        resync: "60s".into(),
+        concurrency: 64,
+        out: PathBuf::from("bench/results/controller.json"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bindings" => a.bindings = value().parse().unwrap(),
+            "--identities" => a.identities = value().parse().unwrap(),
+            "--latency-ms" => a.latency_ms = value().parse().unwrap(),
+            "--throttle" => a.throttle = value().parse().unwrap(),
+            "--retry-after" => a.retry_after = value().parse().unwrap(),
+            "--steady-seconds" => a.steady_seconds = value().parse().unwrap(),
+            "--resync" => a.resync = value(),
+            "--concurrency" => a.concurrency = value().parse().unwrap(),
+            "--out" => a.out = value().into(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(
+        a.identities >= 2 && a.bindings <= a.identities * 20,
+        "at most 20 bindings per identity"
+    );
+    a
+}
+
+fn app_id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn azure_requests(text: &str, methods: &[&str], statuses: Option<&[&str]>) -> f64 {
+    methods
+        .iter()
+        .map(|m| match statuses {
+            None => metric_sum(text, "wif_controller_azure_requests_total", &[("method", m)]),
+            Some(st) => st
+                .iter()
+                .map(|s| {
+                    metric_sum(
+                        text,
+                        "wif_controller_azure_requests_total",
+                        &[("method", m), ("status", s)],
+                    )
+                })
+                .sum(),
+        })
+        .sum()
+}
+
+const WRITES: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
+const OK: &[&str] = &["200", "201", "204"];
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    wif_e2e::init();
+    let args = parse_args();
+    let apps = args.identities / 2;
+    let uamis = args.identities - apps;
+    let per_identity = args.bindings.div_ceil(args.identities);
+    eprintln!(
+        "bench: {} bindings over {} identities ({apps} applications, {uamis} managed identities), {} ms latency, {:.0} % 429",
+        args.bindings,
+        args.identities,
+        args.latency_ms,
+        args.throttle * 100.0
+    );
+
+    let ns = TestNs::new("bench").await;
+    let tenant = json!({
+        "applications": (0..apps).map(|i| json!({"displayName": format!("bench-app-{i}"), "appId": app_id(i)})).collect::<Vec<_>>(),
+        "userAssignedIdentities": (0..uamis).map(|i| json!({"subscriptionId": SUBSCRIPTION, "resourceGroup": "e2e", "name": format!("bench-mi-{i}")})).collect::<Vec<_>>(),
+    });
+    let env = ControllerEnv::start(&ns, tenant, json!({})).await;
+    let fault = json!({"latencyMs": args.latency_ms, "throttle": {"probability": args.throttle, "retryAfterSeconds": args.retry_after}});
+    env.entra
+        .admin()
+        .set_faults(&serde_json::from_value(json!({"graph": fault, "arm": fault})).unwrap())
+        .await
+        .unwrap();
+    let _policy = PolicyGuard::grant(&ns, "", &["*"], &["*"]).await;
+
+    // ServiceAccounts and bindings, created before the controller starts (a cold start with a
+    // full backlog).
+    let started = Instant::now();
+    let names: Vec<String> = (0..args.bindings).map(|i| format!("b{i:04}")).collect();
+    stream::iter(names.iter())
+        .for_each_concurrent(32, |n| {
+            let ns = &ns;
+            async move {
+                ns.service_account(n, &[]).await;
+            }
+        })
+        .await;
+    let api = ns.api::<FederatedIdentityBinding>();
+    stream::iter(names.iter().enumerate())
+        .for_each_concurrent(32, |(i, n)| {
+            let api = api.clone();
+            async move {
+                let identity = i / per_identity;
+                let target = if identity < apps {
+                    json!({"application": {"clientId": app_id(identity)}})
+                } else {
+                    json!({"userAssignedIdentity": {"resourceId": identity_id(&format!("bench-mi-{}", identity - apps))}})
+                };
+                api.create(&PostParams::default(), &binding(n, n, target, json!({})))
+                    .await
+                    .expect("create binding");
+            }
+        })
+        .await;
+    eprintln!(
+        "bench: created {} ServiceAccounts and bindings in {:?}",
+        args.bindings,
+        started.elapsed()
+    );
+
+    let opts = ControllerOptions {
+        identity: "bench".into(),
+        resync: args.resync.clone(),
+        verify: false,
+        overrides: vec![
+            ("--concurrency", args.concurrency.to_string()),
+            ("--readback-count", "2".into()),
+            ("--readback-interval", "250ms".into()),
+            ("--resync-jitter", "1s".into()),
+            ("--azure-retry-base", "200ms".into()),
+            ("--azure-retry-max", "10s".into()),
+            ("--backoff-base", "1s".into()),
+            ("--backoff-max", "30s".into()),
+            ("--log-level", "warn".into()),
+        ],
+    };
+    let t0 = Instant::now();
+    let ctl = ControllerProcess::spawn(&ns, &env, &opts);
+    let pid = ctl.process.child.id();
+    let mut last_report = Instant::now();
+    let ready_after = loop {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let ready = list.items.iter().filter(|b| is_ready(b)).count();
+        if ready == args.bindings {
+            break t0.elapsed();
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!("bench: {ready}/{} Ready after {:?}", args.bindings, t0.elapsed());
+            last_report = Instant::now();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "not all Ready after 15 min:\n{}",
+            ctl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let converged = ctl.metrics().await;
+    let writes = azure_requests(&converged, WRITES, Some(OK));
+    let write_attempts = azure_requests(&converged, WRITES, None);
+    let reads = azure_requests(&converged, &["GET"], None);
+    let rss_converged = rss_kib(pid, "VmRSS:");
+    eprintln!(
+        "bench: all Ready after {ready_after:?}; {writes} writes ({write_attempts} attempts), {reads} reads; steady state for {} s",
+        args.steady_seconds
+    );
+
+    // Steady state: nothing changes, the controller only resyncs.
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let after = ctl.metrics().await;
+    let steady_writes = azure_requests(&after, WRITES, None) - write_attempts;
+    let steady_reads = azure_requests(&after, &["GET"], None) - reads;
+    let reconciles = metric_sum(&after, "wif_controller_reconciles_total", &[])
+        - metric_sum(&converged, "wif_controller_reconciles_total", &[]);
+    let still_ready = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|b| is_ready(b))
+        .count();
+    let counters = env.entra.admin().counters().await.unwrap();
+
+    let report = json!({
+        "benchmark": "controller",
+        "bindings": args.bindings,
+        "identities": {"applications": apps, "userAssignedIdentities": uamis, "bindingsPerIdentity": per_identity},
+        "emulator": {"latencyMs": args.latency_ms, "throttleProbability": args.throttle, "retryAfterSeconds": args.retry_after},
+        "controllerFlags": opts.overrides.iter().map(|(f, v)| format!("{f}={v}")).chain([format!("--resync-interval={}", args.resync)]).collect::<Vec<_>>(),
+        "secondsUntilAllReady": (ready_after.as_secs_f64() * 10.0).round() / 10.0,
+        "writesPerBinding": writes / args.bindings as f64,
+        "writeAttemptsPerBinding": write_attempts / args.bindings as f64,
+        "readsPerBindingToConverge": reads / args.bindings as f64,
+        "steadyState": {
+            "seconds": args.steady_seconds,
+            "azureWrites": steady_writes,
+            "azureReads": steady_reads,
+            "reconciles": reconciles,
+            "bindingsStillReady": still_ready,
+        },
+        "emulatorCounters": counters,
+        "controllerRssMiB": {
+            "afterConvergence": rss_converged as f64 / 1024.0,
+            "afterSteadyState": rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+            "peak": rss_kib(pid, "VmHWM:") as f64 / 1024.0,
+        },
+        "goals": {"secondsUntilAllReady": "< 60", "writesPerBinding": "<= 1.1", "steadyStateWrites": 0},
+        "host": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "when": jiff_now(),
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("{text}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&args.out, format!("{text}\n")).unwrap();
+    eprintln!("bench: wrote {}", args.out.display());
+    drop(ctl);
+}
+
+fn jiff_now() -> Value {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!(secs)
+}
