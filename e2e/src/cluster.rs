@@ -121,7 +121,17 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
             Ok(json) => break json,
             Err(mpsc::RecvTimeoutError::Timeout)
                 if std::time::Instant::now() < deadline && !guard.exited() => {}
-            Err(_) => {
+            Err(reason) => {
+                // Its stdout closing means it is exiting: give it a moment to finish, so the
+                // report says so (and the log tails are complete).
+                if reason == mpsc::RecvTimeoutError::Disconnected {
+                    for _ in 0..100 {
+                        if guard.exited() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
                 let why = if guard.exited() {
                     "exited"
                 } else {
