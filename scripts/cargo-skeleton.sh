@@ -19,18 +19,18 @@ stub() { # stub FILE CONTENT
 # Every package of the workspace (members are globs in Cargo.toml; a Cargo.toml next to src/
 # or under e2e/ is one), excluding build output and caches.
 find . -name Cargo.toml -not -path './Cargo.toml' \
-  -not -path './target/*' -not -path './.cache/*' -not -path '*/node_modules/*' -print |
+  -not -path './target/*' -not -path './.cache/*' -not -path './fuzz/*' -not -path '*/node_modules/*' -print |
   sort | while read -r manifest; do
     dir="${manifest%/Cargo.toml}"
     dir="${dir#./}"
     mkdir -p "$dest/$dir"
     cp "$manifest" "$dest/$dir/Cargo.toml"
-    [[ -f "$dir/build.rs" ]] && cp "$dir/build.rs" "$dest/$dir/build.rs"
+    if [[ -f "$dir/build.rs" ]]; then cp "$dir/build.rs" "$dest/$dir/build.rs"; fi
     # Target roots cargo would find or that the manifest names: libraries get an empty file,
     # everything else an empty main.
-    [[ -f "$dir/src/lib.rs" ]] && stub "$dir/src/lib.rs" ""
+    if [[ -f "$dir/src/lib.rs" ]]; then stub "$dir/src/lib.rs" ""; fi
     for f in "$dir"/src/main.rs "$dir"/src/bin/*.rs "$dir"/src/bin/*/main.rs \
       "$dir"/benches/*.rs "$dir"/examples/*.rs "$dir"/tests/*.rs "$dir"/tests/*/main.rs; do
-      [[ -f "$f" ]] && stub "$f" "fn main() {}"
+      if [[ -f "$f" ]]; then stub "$f" "fn main() {}"; fi
     done
   done
