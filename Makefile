@@ -43,6 +43,7 @@ $(VENV)/.installed: requirements-test.txt
 .PHONY: unit
 unit: venv ## unit, property, HTTP-level and emulator tests (incl. Python azure-identity)
 	cargo test --workspace --exclude wif-e2e
+	cargo test -p wif-exchange --features azure_core --test azure_core
 
 .PHONY: build
 build: ## debug build of the wif binary
