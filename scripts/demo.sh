@@ -37,7 +37,7 @@ wait_for() { # file pattern seconds what
   die "$4 did not start within $3 s (log above)"
 }
 
-bold "1/7 building wif and the test control plane (the first run compiles everything: several minutes)"
+bold "1/8 building wif and the test control plane (the first run compiles everything: several minutes)"
 cargo build -p wif 2>&1 | grep -E '^\s*(Compiling wif|Finished|error)' || true
 WIF=${CARGO_TARGET_DIR:-$root/target}/debug/wif
 [[ -x $WIF ]] || die "cargo build failed"
@@ -45,7 +45,7 @@ CP=$(e2e/controlplane/build.sh | tail -1)
 note "wif: $WIF"
 note "control plane: $CP"
 
-bold "2/7 starting kube-apiserver + etcd (built from the Kubernetes Go modules)"
+bold "2/8 starting kube-apiserver + etcd (built from the Kubernetes Go modules)"
 "$CP" up --dir "$work/cp" --exit-on-stdin-eof=false >"$work/cp.out" 2>"$work/cp.err" &
 pids+=($!)
 wait_for "$work/cp.out" '^READY ' 90 "the control plane"
@@ -60,17 +60,20 @@ curl -s --cacert "$cp_ca" "$server/.well-known/openid-configuration" | jq -c '{i
 
 tenant=72f988bf-86f1-41af-91ab-2d7cd011db47
 client=5b1f3c8e-2d4a-4c6b-9e7f-0a1b2c3d4e5f
-bold "3/7 starting wif emulator (a local Entra) with an app trusting demo/api"
+ctl_client=9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a
+bold "3/8 starting wif emulator (a local Entra): the demo app, and the controller's own app trusting wif-system/wif-controller"
 cat >"$work/entra.yaml" <<EOF
 tenants:
   - id: $tenant
     applications:
       - displayName: demo-api
         appId: $client
+      - displayName: wif-controller
+        appId: $ctl_client
         federatedIdentityCredentials:
-          - name: demo-api
+          - name: wif-controller
             issuer: "$issuer"
-            subject: system:serviceaccount:demo:api
+            subject: system:serviceaccount:wif-system:wif-controller
             audiences: [api://AzureADTokenExchange]
 EOF
 "$WIF" emulator --listen 127.0.0.1:0 --state-dir "$work/entra" --config "$work/entra.yaml" \
@@ -80,9 +83,9 @@ wait_for "$work/entra.out" '^EMULATOR READY ' 60 "the emulator"
 entra=$(sed -n 's/^EMULATOR READY //p' "$work/entra.out")
 entra_url=$(jq -r .url <<<"$entra")
 entra_ca=$(jq -r .ca <<<"$entra")
-note "Entra at $entra_url (federated credential: issuer $issuer, subject system:serviceaccount:demo:api)"
+note "Entra at $entra_url; app $client has no federated credential yet: the controller will create it"
 
-bold "4/7 starting wif webhook (self-managed CA in a Secret, caBundle patched by the webhook itself)"
+bold "4/8 starting wif webhook (self-managed CA in a Secret, caBundle patched by the webhook itself)"
 kubectl create namespace wif-system >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -122,9 +125,47 @@ note "ready; Secret $(kubectl -n wif-system get secret wif-webhook-tls -o jsonpa
 note "caBundle published: $(kubectl get mutatingwebhookconfiguration wif-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | head -c 24)…"
 sleep 1 # the API server's webhook cache picks the caBundle up
 
-bold "5/7 a ServiceAccount annotated with the client id, and a labelled pod"
+bold "5/8 wif controller (its own workload identity), the CRDs, a policy granting namespace demo the app, and a binding"
+"$WIF" crd | kubectl apply -f - >/dev/null
+kubectl create serviceaccount wif-controller -n wif-system >/dev/null
+kubectl create token wif-controller -n wif-system --audience api://AzureADTokenExchange --duration 24h >"$work/ctl-token"
+ctl_admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$WIF" controller --tenant-id "$tenant" --client-id "$ctl_client" --token-file "$work/ctl-token" \
+  --authority-host "$entra_url/" --graph-url "$entra_url/graph" --arm-url "$entra_url/arm" --trust-ca "$entra_ca" \
+  --lease-namespace wif-system --admin-listen "127.0.0.1:$ctl_admin" --log-format text \
+  >"$work/controller.out" 2>"$work/controller.err" &
+pids+=($!)
 kubectl create namespace demo >/dev/null
-sed "s/5b1f3c8e-0000-4000-8000-000000000de0/$client/" examples/serviceaccount.yaml | kubectl apply -f - >/dev/null
+kubectl apply -f - <<EOF | sed 's/^/    /'
+apiVersion: azure.workload.identity/v1alpha1
+kind: FederatedIdentityPolicy
+metadata:
+  name: demo
+spec:
+  namespaceSelector:
+    matchLabels: {kubernetes.io/metadata.name: demo}
+  applications: ["$client"]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: api, namespace: demo}
+---
+apiVersion: azure.workload.identity/v1alpha1
+kind: FederatedIdentityBinding
+metadata: {name: api, namespace: demo}
+spec:
+  serviceAccountName: api
+  identity:
+    application: {clientId: "$client"}
+EOF
+kubectl wait -n demo federatedidentitybinding/api --for=condition=Ready --timeout=90s >/dev/null ||
+  { tail -20 "$work/controller.err"; die "the binding did not become Ready"; }
+kubectl get -n demo federatedidentitybinding api | sed 's/^/    /'
+note "the credential the controller created in Entra:"
+kubectl get -n demo federatedidentitybinding api -o json | jq -c '.status.credential | {name, issuer, subject, audiences}' | sed 's/^/    /'
+note "the ServiceAccount it annotated: client-id $(kubectl get sa -n demo api -o jsonpath='{.metadata.annotations.azure\.workload\.identity/client-id}')"
+
+bold "6/8 a labelled pod using that ServiceAccount"
 kubectl apply -f examples/pod.yaml
 note "what the webhook injected into the stored pod (kubectl get pod -n demo api -o json):"
 kubectl get pod -n demo api -o json | jq '{
@@ -133,14 +174,14 @@ kubectl get pod -n demo api -o json | jq '{
     env: [.env[]? | select(.name | startswith("AZURE_")) | "\(.name)=\(.value)"],
     mount: [.volumeMounts[] | select(.name == "azure-identity-token") | .mountPath]}]}' | sed 's/^/    /'
 
-bold "6/7 the token the kubelet would write into the volume (TokenRequest bound to the pod)"
+bold "7/8 the token the kubelet would write into the volume (TokenRequest bound to the pod)"
 token=$(kubectl create token api -n demo --audience api://AzureADTokenExchange --duration 3600s \
   --bound-object-kind Pod --bound-object-name api)
 printf '%s' "$token" >"$work/token"
 note "its claims (signed by the API server, verifiable with its JWKS):"
 claims "$token" | jq '{iss, sub, aud, exp, pod: .["kubernetes.io"].pod.name}' | sed 's/^/    /'
 
-bold "7/7 exchanging it for an Entra access token: wif token, with the pod's environment"
+bold "8/8 exchanging it for an Entra access token: wif token, with the pod's environment"
 out=$(AZURE_CLIENT_ID=$client AZURE_TENANT_ID=$tenant AZURE_FEDERATED_TOKEN_FILE=$work/token \
   AZURE_AUTHORITY_HOST=$entra_url/ SSL_CERT_FILE=$entra_ca \
   "$WIF" token --scope https://management.azure.com/.default --output json)
