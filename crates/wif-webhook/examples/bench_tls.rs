@@ -1,13 +1,18 @@
 //! Helpers of `make bench` (scripts/bench-webhook.sh):
 //!
 //! - `bench_tls certs DIR`: writes a CA and a serving certificate for 127.0.0.1 into DIR;
-//! - `bench_tls bare ADDR DIR`: the same HTTPS transport as the webhook (axum + tokio-rustls +
-//!   hyper, `server::serve_tls`) answering every POST with one fixed AdmissionReview, without
-//!   decoding anything: the ceiling any admission webhook on this transport can reach.
+//! - `bench_tls bare ADDR DIR [ANSWER]`: the same HTTPS transport as the webhook (axum +
+//!   tokio-rustls + hyper, `server::serve_tls`, the same body limit) that reads each request body
+//!   and answers with one fixed AdmissionReview without decoding anything: the ceiling any
+//!   admission webhook on this transport can reach. `ANSWER` is a file holding the answer
+//!   (`make bench` gives it the webhook's own answer to the benchmark pod, so both servers move
+//!   the same bytes); without it, a bare `allowed: true`;
+//! - `bench_tls scan ADDR DIR ANSWER`: the same, but each body is also read through
+//!   `serde_json` (skipping every value): the floor of any webhook that reads the review at all.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use axum::{Router, http::header, routing::post};
+use axum::{Router, http::header, response::IntoResponse, routing::post};
 use tokio_util::sync::CancellationToken;
 use wif_webhook::{
     selfcert::{generate_ca, issue_cert},
@@ -40,9 +45,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(dir.join("tls.key"), leaf.key_pem)?;
             Ok(())
         }
-        Some("bare") => {
+        Some(mode @ ("bare" | "scan")) => {
             let addr: SocketAddr = args.get(2).ok_or("usage: bench_tls bare ADDR DIR")?.parse()?;
             let dir = PathBuf::from(args.get(3).ok_or("usage: bench_tls bare ADDR DIR")?);
+            let answer = match args.get(4) {
+                Some(file) => axum::body::Bytes::from(std::fs::read(file)?),
+                None => axum::body::Bytes::from_static(FIXED.as_bytes()),
+            };
+            let max = Limits::default().max_body_bytes;
+            let scan = mode == "scan";
             let store = CertStore::new();
             store.set_pem(
                 &std::fs::read(dir.join("tls.crt"))?,
@@ -51,7 +62,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
             let router = Router::new().route(
                 wif_api::MUTATE_PATH,
-                post(|| async { ([(header::CONTENT_TYPE, "application/json")], FIXED) }),
+                post(move |body: axum::body::Body| {
+                    let answer = answer.clone();
+                    async move {
+                        match axum::body::to_bytes(body, max).await {
+                            Ok(body) => {
+                                if scan && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                                    return axum::http::StatusCode::BAD_REQUEST.into_response();
+                                }
+                                ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
+                            }
+                            Err(_) => axum::http::StatusCode::BAD_REQUEST.into_response(),
+                        }
+                    }
+                }),
             );
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let stop = CancellationToken::new();
@@ -63,6 +87,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             server::serve_tls(listener, store, router, Limits::default(), stop).await;
             Ok(())
         }
-        _ => Err("usage: bench_tls certs DIR | bench_tls bare ADDR DIR".into()),
+        _ => Err("usage: bench_tls certs DIR | bench_tls bare|scan ADDR DIR [ANSWER]".into()),
     }
 }

@@ -1,6 +1,6 @@
 //! Decoding an AdmissionReview, calling [`mutate`](crate::mutate), encoding the answer.
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use axum::{
     body::Bytes,
@@ -8,18 +8,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine;
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::{
-    Status,
-    admission::{AdmissionRequest, AdmissionReview, Operation},
-};
-use serde::Serialize;
+use kube::core::Status;
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::value::RawValue;
 use wif_api::{DEFAULT_SERVICE_ACCOUNT, MutationConfig};
 
 use crate::{
     metrics::{Metrics, Outcome},
-    mutate::mutate,
+    mutate::mutate_view,
     service_accounts::ServiceAccountCache,
+    view::PodView,
 };
 
 /// What a handler needs; cheap to clone.
@@ -56,30 +54,99 @@ impl IntoResponse for ReviewError {
     }
 }
 
-/// Decodes a review and checks it is a v1 AdmissionReview for a v1 Pod.
-pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, ReviewError> {
-    let review: AdmissionReview<Pod> =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+/// What the webhook reads of an AdmissionReview's request; strings borrow from the body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct Request<'a, O = PodView<'a>> {
+    /// Copied into the answer.
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    /// The kind of the object admitted.
+    #[serde(borrow)]
+    pub kind: Kind<'a>,
+    /// The namespace of the request (pods made by controllers have none of their own).
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    #[serde(borrow)]
+    pub operation: Cow<'a, str>,
+    /// `kubectl --dry-run=server`.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// The object, absent for `DELETE`.
+    #[serde(default = "none")]
+    pub object: Option<O>,
+}
+
+fn none<O>() -> Option<O> {
+    None
+}
+
+/// Group, version and kind of the admitted object.
+#[derive(Debug, Deserialize)]
+pub struct Kind<'a> {
+    /// Empty for core objects.
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    /// `v1`.
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    /// `Pod`.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct Envelope<'a, O> {
+    #[serde(borrow, default)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default = "none")]
+    request: Option<Request<'a, O>>,
+}
+
+/// Decodes a review and checks it is a v1 AdmissionReview for a v1 Pod. Only what the mutation
+/// reads is decoded (see [`crate::view`]); the rest of the pod is checked to be JSON and skipped.
+pub fn decode(body: &[u8]) -> Result<Request<'_>, ReviewError> {
+    let envelope: Envelope<'_, PodView<'_>> = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        // Say "wrong kind" rather than "bad pod" when the object is not a pod at all.
+        Err(e) => {
+            return Err(match serde_json::from_slice::<Envelope<'_, IgnoredAny>>(body) {
+                Ok(other) => match other.request {
+                    Some(r) if !is_pod(&r.kind) => wrong_kind(&r.kind),
+                    _ => ReviewError::Decode(e.to_string()),
+                },
+                Err(_) => ReviewError::Decode(e.to_string()),
+            });
+        }
+    };
+    if envelope.api_version != "admission.k8s.io/v1" || envelope.kind != "AdmissionReview" {
         return Err(ReviewError::Decode(format!(
             "got apiVersion {:?} kind {:?}",
-            review.types.api_version, review.types.kind
+            envelope.api_version, envelope.kind
         )));
     }
-    let request: AdmissionRequest<Pod> = review
-        .try_into()
-        .map_err(|_| ReviewError::Decode("the review has no request".to_owned()))?;
-    let kind = &request.kind;
-    if !kind.group.is_empty() || kind.version != "v1" || kind.kind != "Pod" {
-        return Err(ReviewError::WrongKind(format!(
-            "{}/{} {}",
-            kind.group, kind.version, kind.kind
-        )));
+    let request = envelope
+        .request
+        .ok_or_else(|| ReviewError::Decode("the review has no request".to_owned()))?;
+    if !is_pod(&request.kind) {
+        return Err(wrong_kind(&request.kind));
     }
-    if request.object.is_none() && request.operation == Operation::Create {
-        return Err(ReviewError::MissingObject(request.uid.clone()));
+    if request.object.is_none() && request.operation == "CREATE" {
+        return Err(ReviewError::MissingObject(request.uid.into_owned()));
     }
     Ok(request)
+}
+
+fn is_pod(kind: &Kind<'_>) -> bool {
+    kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod"
+}
+
+fn wrong_kind(kind: &Kind<'_>) -> ReviewError {
+    ReviewError::WrongKind(format!("{}/{} {}", kind.group, kind.version, kind.kind))
 }
 
 /// The AdmissionReview the webhook answers with. kube's own response type encodes the patch as
@@ -104,9 +171,10 @@ pub struct Decision {
     /// Why not, when not allowed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// Base64 of the RFC 6902 patch.
+    /// Base64 of the RFC 6902 patch, as a JSON string: base64 never needs escaping, and
+    /// scanning a few kilobytes for characters to escape cost more than encoding them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
+    pub patch: Option<Box<RawValue>>,
     /// `JSONPatch` when there is a patch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
@@ -172,24 +240,22 @@ pub async fn review(state: &AdmissionState, body: &[u8]) -> Result<Answer, Revie
     fields(uid = %request.uid, namespace = tracing::field::Empty, pod = tracing::field::Empty,
            dry_run = request.dry_run)
 )]
-async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (Decision, Outcome) {
-    let uid = std::mem::take(&mut request.uid);
+async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outcome) {
+    let uid = request.uid.as_ref();
     // Only creation is mutated: a pod's volumes and env cannot change afterwards.
-    if request.operation != Operation::Create {
-        return (Decision::allow(&uid), Outcome::Unchanged);
+    if request.operation != "CREATE" {
+        return (Decision::allow(uid), Outcome::Unchanged);
     }
-    let Some(mut pod) = request.object.take() else {
-        return (Decision::allow(&uid), Outcome::Unchanged);
+    let Some(mut pod) = request.object else {
+        return (Decision::allow(uid), Outcome::Unchanged);
     };
     // Pods created by controllers arrive without a namespace; the request carries it.
-    let namespace = request
-        .namespace
-        .take()
-        .or_else(|| pod.metadata.namespace.clone())
-        .unwrap_or_default();
-    pod.metadata.namespace = Some(namespace.clone());
+    if let Some(ns) = request.namespace {
+        pod.metadata.namespace = Some(ns);
+    }
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let span = tracing::Span::current();
-    span.record("namespace", namespace.as_str());
+    span.record("namespace", namespace);
     span.record(
         "pod",
         pod.metadata
@@ -199,16 +265,10 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (D
             .unwrap_or_default(),
     );
 
-    let is_labelled = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(wif_api::USE_LABEL))
-        .is_some_and(|v| v == wif_api::USE_LABEL_VALUE);
-    if !is_labelled {
+    if pod.metadata.labels.get(wif_api::USE_LABEL) != Some(wif_api::USE_LABEL_VALUE) {
         // The objectSelector should have filtered this pod out; a broad configuration must not
         // turn the webhook into a dependency of every pod.
-        return (Decision::allow(&uid), Outcome::Unchanged);
+        return (Decision::allow(uid), Outcome::Unchanged);
     }
 
     let sa_name = pod
@@ -216,9 +276,8 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (D
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref())
         .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
-        .to_owned();
-    let sa = match state.service_accounts.get(&namespace, &sa_name).await {
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    let sa = match state.service_accounts.get(namespace, sa_name).await {
         Ok((Some(sa), missed)) => {
             if missed {
                 state.metrics.cache_misses.inc();
@@ -231,35 +290,34 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (D
                  azure.workload.identity/client-id) before the pod that uses it"
             );
             tracing::info!(service_account = %sa_name, "denied: ServiceAccount not found");
-            return (Decision::deny(&uid, msg, 400), Outcome::Denied);
+            return (Decision::deny(uid, msg, 400), Outcome::Denied);
         }
         Err(error) => {
             tracing::error!(%error, "ServiceAccount lookup failed");
-            return (Decision::deny(&uid, error.to_string(), 500), Outcome::Error);
+            return (Decision::deny(uid, error.to_string(), 500), Outcome::Error);
         }
     };
 
-    match mutate(&pod, &sa.metadata, &state.config) {
+    match mutate_view(&pod, &sa, &state.config) {
         Ok(mutation) => {
-            let mut response = Decision::allow(&uid);
-            if !mutation.warnings.is_empty() {
-                response.warnings = Some(mutation.warnings.clone());
-            }
+            let mut response = Decision::allow(uid);
             if mutation.is_noop() {
                 tracing::debug!("nothing to inject");
+                response.warnings = non_empty(mutation.warnings);
                 return (response, Outcome::Unchanged);
             }
-            match serde_json::to_vec(&mutation.patch()) {
+            match mutation.patch_json().and_then(|patch| base64_string(&patch)) {
                 Ok(patch) => {
-                    response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
-                    response.patch_type = Some("JSONPatch");
                     tracing::info!(service_account = %sa_name, edits = mutation.edits.len(), "pod mutated");
+                    response.patch = Some(patch);
+                    response.patch_type = Some("JSONPatch");
+                    response.warnings = non_empty(mutation.warnings);
                     (response, Outcome::Mutated)
                 }
                 Err(error) => {
                     tracing::error!(%error, "failed to encode patch");
                     (
-                        Decision::deny(&uid, format!("failed to encode the patch: {error}"), 500),
+                        Decision::deny(uid, format!("failed to encode the patch: {error}"), 500),
                         Outcome::Error,
                     )
                 }
@@ -267,9 +325,22 @@ async fn admit(state: &AdmissionState, mut request: AdmissionRequest<Pod>) -> (D
         }
         Err(denial) => {
             tracing::info!(reason = %denial, "denied");
-            (Decision::deny(&uid, denial.to_string(), 400), Outcome::Denied)
+            (Decision::deny(uid, denial.to_string(), 400), Outcome::Denied)
         }
     }
+}
+
+/// `"<base64 of bytes>"` as a JSON value.
+fn base64_string(bytes: &[u8]) -> Result<Box<RawValue>, serde_json::Error> {
+    let mut quoted = String::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+    quoted.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut quoted);
+    quoted.push('"');
+    RawValue::from_string(quoted)
+}
+
+fn non_empty(warnings: Vec<String>) -> Option<Vec<String>> {
+    (!warnings.is_empty()).then_some(warnings)
 }
 
 /// Axum handler body: reads at most `limit` bytes and answers.

@@ -1,7 +1,8 @@
 //! The wif mutating admission webhook.
 //!
-//! [`mutate()`] is the whole policy, as a pure function; [`admission`] decodes reviews and
-//! encodes answers; [`server`] serves them over HTTPS with reloadable certificates ([`tls`]);
+//! [`mutate_view()`] is the whole policy, as a pure function of the parts of a pod it reads
+//! ([`view`]); [`mutate()`] runs it on a typed pod. [`admission`] decodes reviews straight into
+//! those views and encodes answers; [`server`] serves them over HTTPS with reloadable certificates ([`tls`]);
 //! [`service_accounts`] caches ServiceAccount metadata; [`selfcert`] manages its own CA;
 //! [`validate`] refuses bindings no `FederatedIdentityPolicy` grants (and malformed policies).
 
@@ -16,5 +17,7 @@ pub mod server;
 pub mod service_accounts;
 pub mod tls;
 pub mod validate;
+pub mod view;
 
-pub use mutate::{ContainerKind, Denial, Edit, Mutation, mutate};
+pub use mutate::{ContainerKind, Denial, Edit, Mutation, mutate, mutate_view};
+pub use view::{MetaView, PodView};

@@ -5,12 +5,9 @@
 //! patch that only *adds* (so fields this crate's `k8s-openapi` does not know are never dropped,
 //! a bug upstream has), and the same edits can be applied to a typed pod for `wif mutate`.
 
-use std::collections::BTreeSet;
+use std::{borrow::Cow, collections::BTreeSet};
 
-use json_patch::{
-    AddOperation, Patch, PatchOperation,
-    jsonptr::{PointerBuf, Token},
-};
+use json_patch::Patch;
 use k8s_openapi::{
     api::core::v1::{
         Container, EnvVar, Pod, PodSpec, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
@@ -18,6 +15,8 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+use serde::ser::{SerializeSeq, Serializer};
+use serde_json::value::RawValue;
 use wif_api::{
     CLIENT_ID_ANNOTATION, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TOKEN_EXPIRATION_SECONDS, ENV_AUTHORITY_HOST,
     ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID, INJECT_PROXY_SIDECAR_ANNOTATION,
@@ -26,6 +25,8 @@ use wif_api::{
     TOKEN_EXPIRATION_ANNOTATION, TOKEN_FILE_NAME, TOKEN_FILE_PATH, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
     USE_LABEL, USE_LABEL_VALUE,
 };
+
+use crate::view::{MetaView, MountView, PodView, SpecView};
 
 /// Admission warnings are shown to `kubectl` users one per line; more than this is noise.
 const MAX_WARNINGS: usize = 8;
@@ -158,13 +159,19 @@ impl Mutation {
         self.edits.is_empty()
     }
 
-    /// The edits as an RFC 6902 patch that only adds.
-    pub fn patch(&self) -> Patch {
-        let mut ops = Vec::new();
+    /// The edits as an RFC 6902 patch that only adds, encoded as JSON. Written straight from the
+    /// typed values (no intermediate `serde_json::Value`), and each distinct value is encoded
+    /// once: every container gets the same mount and, usually, the same variables.
+    pub fn patch_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(128 + 256 * self.edits.len());
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let mut ops = ser.serialize_seq(None)?;
+        let (mut mounts, mut vars) = (Encoded::default(), Encoded::default());
         for edit in &self.edits {
             match edit {
                 Edit::AddVolume { volume, create } => {
-                    ops.push(add(&["spec", "volumes"], *create, to_value(&**volume)));
+                    let volume = serde_json::value::to_raw_value(&**volume)?;
+                    add(&mut ops, "/spec/volumes", *create, &[&*volume])?;
                 }
                 Edit::AddMount {
                     kind,
@@ -172,38 +179,38 @@ impl Mutation {
                     mount,
                     create,
                 } => {
-                    let idx = index.to_string();
-                    ops.push(add(
-                        &["spec", kind.field(), &idx, "volumeMounts"],
-                        *create,
-                        to_value(mount),
-                    ));
+                    let path = format!("/spec/{}/{index}/volumeMounts", kind.field());
+                    add(&mut ops, &path, *create, &[mounts.get(mount)?])?;
                 }
                 Edit::AddEnv {
                     kind,
                     index,
-                    vars,
+                    vars: list,
                     create,
                 } => {
-                    let idx = index.to_string();
-                    let path = ["spec", kind.field(), &idx, "env"];
-                    if *create {
-                        ops.push(add(
-                            &path,
-                            true,
-                            serde_json::Value::Array(vars.iter().map(to_value).collect()),
-                        ));
-                    } else {
-                        ops.extend(vars.iter().map(|v| add(&path, false, to_value(v))));
+                    let path = format!("/spec/{}/{index}/env", kind.field());
+                    for var in list {
+                        vars.get(var)?;
                     }
+                    let encoded: Vec<&RawValue> = list.iter().filter_map(|v| vars.find(v)).collect();
+                    add(&mut ops, &path, *create, &encoded)?;
                 }
             }
         }
-        Patch(ops)
+        ops.end()?;
+        Ok(out)
+    }
+
+    /// The edits as an RFC 6902 patch (the same as [`Mutation::patch_json`], typed).
+    pub fn patch(&self) -> Result<Patch, serde_json::Error> {
+        serde_json::from_slice(&self.patch_json()?)
     }
 
     /// Applies the edits to a typed pod (what `wif mutate` prints).
     pub fn apply(&self, pod: &mut Pod) {
+        if self.edits.is_empty() {
+            return; // a pod without a spec stays without one
+        }
         let spec = pod.spec.get_or_insert_with(PodSpec::default);
         for edit in &self.edits {
             match edit {
@@ -236,36 +243,77 @@ fn container_mut(spec: &mut PodSpec, kind: ContainerKind, index: usize) -> Optio
     }
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    // Serializing k8s-openapi structs to a Value cannot fail (no maps with non-string keys).
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+/// One `add` operation of the patch.
+#[derive(serde::Serialize)]
+struct Add<'a, T: serde::Serialize + ?Sized> {
+    op: &'static str,
+    path: &'a str,
+    value: &'a T,
 }
 
-fn add(path: &[&str], create: bool, value: serde_json::Value) -> PatchOperation {
-    let mut tokens: Vec<Token<'_>> = path.iter().map(|s| Token::new(*s)).collect();
-    let value = if create {
-        match value {
-            serde_json::Value::Array(_) => value,
-            other => serde_json::Value::Array(vec![other]),
-        }
-    } else {
-        tokens.push(Token::new("-"));
-        value
-    };
-    PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(tokens),
-        value,
-    })
+/// Values already encoded for this patch.
+struct Encoded<'a, T> {
+    seen: Vec<(&'a T, Box<RawValue>)>,
+}
+
+impl<T> Default for Encoded<'_, T> {
+    fn default() -> Self {
+        Self { seen: Vec::new() }
+    }
+}
+
+impl<'a, T: serde::Serialize + PartialEq> Encoded<'a, T> {
+    fn find(&self, value: &T) -> Option<&RawValue> {
+        self.seen.iter().find(|(v, _)| *v == value).map(|(_, raw)| &**raw)
+    }
+
+    fn get(&mut self, value: &'a T) -> Result<&RawValue, serde_json::Error> {
+        let at = match self.seen.iter().position(|(v, _)| *v == value) {
+            Some(at) => at,
+            None => {
+                self.seen.push((value, serde_json::value::to_raw_value(value)?));
+                self.seen.len() - 1
+            }
+        };
+        Ok(&self.seen[at].1)
+    }
+}
+
+/// Appends `items` to the list at `path`: the whole list at once when it does not exist yet
+/// (`create`), else one operation per item at `path/-`.
+fn add<S: SerializeSeq>(ops: &mut S, path: &str, create: bool, items: &[&RawValue]) -> Result<(), S::Error> {
+    if create {
+        return ops.serialize_element(&Add {
+            op: "add",
+            path,
+            value: items,
+        });
+    }
+    let path = format!("{path}/-");
+    for item in items {
+        ops.serialize_element(&Add {
+            op: "add",
+            path: &path,
+            value: item,
+        })?;
+    }
+    Ok(())
+}
+
+/// Computes what the webhook does to a typed `pod`, whose ServiceAccount has metadata `sa`
+/// (`wif mutate`, tests). The same as [`mutate_view`] on views of them.
+pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutation, Denial> {
+    mutate_view(&PodView::from(pod), &MetaView::from(sa), cfg)
 }
 
 /// Computes what the webhook does to `pod`, whose ServiceAccount has metadata `sa`.
 ///
 /// The namespace in messages is the pod's, falling back to the ServiceAccount's (pods created by
 /// controllers arrive without one; the admission server fills it in from the request).
-pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutation, Denial> {
+pub fn mutate_view(pod: &PodView<'_>, sa: &MetaView<'_>, cfg: &MutationConfig) -> Result<Mutation, Denial> {
     let meta = &pod.metadata;
-    let label = meta.labels.as_ref().and_then(|l| l.get(USE_LABEL));
-    if label.map(String::as_str) != Some(USE_LABEL_VALUE) {
+    let label = meta.labels.get(USE_LABEL);
+    if label != Some(USE_LABEL_VALUE) {
         let mut warnings = Vec::new();
         if let Some(value) = label.filter(|v| v.trim().eq_ignore_ascii_case(USE_LABEL_VALUE)) {
             warnings.push(format!(
@@ -289,17 +337,17 @@ pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutati
 
     let expiration = token_expiration(pod, sa, &pod_name)?;
     let skip = skip_containers(meta);
-    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let volumes = spec.volumes();
 
     let mut edits = Vec::new();
     match volumes.iter().find(|v| v.name == TOKEN_VOLUME_NAME) {
-        Some(v) if projects_token(v) => {} // the user's own token volume: their override
+        Some(v) if v.projects_token_at(TOKEN_FILE_NAME) => {} // the user's own token volume: their override
         Some(_) => return Err(Denial::VolumeNameCollision { pod: pod_name }),
         None => {
-            if let Some(other) = volumes.iter().find(|v| projects_token(v)) {
+            if let Some(other) = volumes.iter().find(|v| v.projects_token_at(TOKEN_FILE_NAME)) {
                 return Err(Denial::TokenPathCollision {
                     pod: pod_name,
-                    volume: other.name.clone(),
+                    volume: other.name.to_string(),
                 });
             }
             edits.push(Edit::AddVolume {
@@ -309,17 +357,19 @@ pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutati
         }
     }
 
-    let client_id = annotation(sa, CLIENT_ID_ANNOTATION).filter(|v| !v.is_empty());
-    let tenant_id = annotation(sa, TENANT_ID_ANNOTATION)
+    let client_id = sa.annotations.get(CLIENT_ID_ANNOTATION).filter(|v| !v.is_empty());
+    let tenant_id = sa
+        .annotations
+        .get(TENANT_ID_ANNOTATION)
         .filter(|v| !v.is_empty())
         .unwrap_or(cfg.tenant_id.as_str());
-    let inits = spec.init_containers.as_deref().unwrap_or_default();
-    let all = inits
+    let all = spec
+        .init_containers()
         .iter()
         .enumerate()
         .map(|(i, c)| (ContainerKind::Init, i, c))
         .chain(
-            spec.containers
+            spec.containers()
                 .iter()
                 .enumerate()
                 .map(|(i, c)| (ContainerKind::Regular, i, c)),
@@ -328,15 +378,15 @@ pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutati
         if skip.contains(container.name.trim()) {
             continue;
         }
-        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        let mounts = container.volume_mounts();
         let token_file = match mounts.iter().find(|m| m.name == TOKEN_VOLUME_NAME) {
             Some(own) => token_file_for(own),
             None => {
                 if let Some(m) = mounts.iter().find(|m| same_path(&m.mount_path, TOKEN_MOUNT_PATH)) {
                     return Err(Denial::MountPathCollision {
                         pod: pod_name,
-                        container: container.name.clone(),
-                        volume: m.name.clone(),
+                        container: container.name.to_string(),
+                        volume: m.name.to_string(),
                     });
                 }
                 edits.push(Edit::AddMount {
@@ -345,14 +395,14 @@ pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutati
                     mount: token_mount(),
                     create: mounts.is_empty(),
                 });
-                TOKEN_FILE_PATH.to_owned()
+                Cow::Borrowed(TOKEN_FILE_PATH)
             }
         };
-        let env = container.env.as_deref().unwrap_or_default();
+        let env = container.env();
         let desired = [
             (ENV_CLIENT_ID, client_id.unwrap_or_default()),
             (ENV_TENANT_ID, tenant_id),
-            (ENV_FEDERATED_TOKEN_FILE, token_file.as_str()),
+            (ENV_FEDERATED_TOKEN_FILE, token_file.as_ref()),
             (ENV_AUTHORITY_HOST, cfg.authority_host.as_str()),
         ];
         let vars: Vec<EnvVar> = desired
@@ -379,7 +429,7 @@ pub fn mutate(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Result<Mutati
 }
 
 /// `ns/name` of the pod for messages; `ns/prefix*` for a pod whose name is generated later.
-fn pod_ref(pod: &Pod, sa: &ObjectMeta) -> String {
+fn pod_ref(pod: &PodView<'_>, sa: &MetaView<'_>) -> String {
     let meta = &pod.metadata;
     let ns = meta
         .namespace
@@ -398,7 +448,7 @@ fn pod_ref(pod: &Pod, sa: &ObjectMeta) -> String {
     }
 }
 
-fn sa_ref(sa: &ObjectMeta) -> String {
+fn sa_ref(sa: &MetaView<'_>) -> String {
     let name = sa.name.as_deref().unwrap_or(DEFAULT_SERVICE_ACCOUNT);
     match sa.namespace.as_deref() {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
@@ -406,16 +456,20 @@ fn sa_ref(sa: &ObjectMeta) -> String {
     }
 }
 
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
 /// Pod annotation, else ServiceAccount annotation, else the default; empty values count as unset.
-fn token_expiration(pod: &Pod, sa: &ObjectMeta, pod_name: &str) -> Result<i64, Denial> {
-    let (raw, object) = match annotation(&pod.metadata, TOKEN_EXPIRATION_ANNOTATION).filter(|v| !v.is_empty())
+fn token_expiration(pod: &PodView<'_>, sa: &MetaView<'_>, pod_name: &str) -> Result<i64, Denial> {
+    let (raw, object) = match pod
+        .metadata
+        .annotations
+        .get(TOKEN_EXPIRATION_ANNOTATION)
+        .filter(|v| !v.is_empty())
     {
         Some(v) => (v, format!("pod {pod_name}")),
-        None => match annotation(sa, TOKEN_EXPIRATION_ANNOTATION).filter(|v| !v.is_empty()) {
+        None => match sa
+            .annotations
+            .get(TOKEN_EXPIRATION_ANNOTATION)
+            .filter(|v| !v.is_empty())
+        {
             Some(v) => (v, format!("ServiceAccount {}", sa_ref(sa))),
             None => return Ok(DEFAULT_TOKEN_EXPIRATION_SECONDS),
         },
@@ -430,24 +484,11 @@ fn token_expiration(pod: &Pod, sa: &ObjectMeta, pod_name: &str) -> Result<i64, D
     Ok(value)
 }
 
-fn skip_containers(meta: &ObjectMeta) -> BTreeSet<&str> {
-    annotation(meta, SKIP_CONTAINERS_ANNOTATION)
+fn skip_containers<'a>(meta: &'a MetaView<'_>) -> BTreeSet<&'a str> {
+    meta.annotations
+        .get(SKIP_CONTAINERS_ANNOTATION)
         .map(|v| v.split(';').map(str::trim).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default()
-}
-
-fn projects_token(volume: &Volume) -> bool {
-    volume
-        .projected
-        .as_ref()
-        .and_then(|p| p.sources.as_ref())
-        .is_some_and(|sources| {
-            sources.iter().any(|s| {
-                s.service_account_token
-                    .as_ref()
-                    .is_some_and(|t| t.path == TOKEN_FILE_NAME)
-            })
-        })
 }
 
 fn same_path(a: &str, b: &str) -> bool {
@@ -455,12 +496,12 @@ fn same_path(a: &str, b: &str) -> bool {
 }
 
 /// Where the token file is for a container that mounts our volume itself (at any path).
-fn token_file_for(mount: &VolumeMount) -> String {
+fn token_file_for<'a>(mount: &'a MountView<'_>) -> Cow<'a, str> {
     let dir = mount.mount_path.trim_end_matches('/');
     match mount.sub_path.as_deref() {
-        None | Some("") => format!("{dir}/{TOKEN_FILE_NAME}"),
-        Some(TOKEN_FILE_NAME) => dir.to_owned(),
-        Some(_) => TOKEN_FILE_PATH.to_owned(),
+        None | Some("") => Cow::Owned(format!("{dir}/{TOKEN_FILE_NAME}")),
+        Some(TOKEN_FILE_NAME) => Cow::Borrowed(dir),
+        Some(_) => Cow::Borrowed(TOKEN_FILE_PATH),
     }
 }
 
@@ -537,9 +578,9 @@ const PLACEMENT: &[(&str, &[Place])] = &[
 ];
 
 fn warnings(
-    pod: &Pod,
-    spec: &PodSpec,
-    sa: &ObjectMeta,
+    pod: &PodView<'_>,
+    spec: &SpecView<'_>,
+    sa: &MetaView<'_>,
     skip: &BTreeSet<&str>,
     pod_name: &str,
     has_client_id: bool,
@@ -565,13 +606,18 @@ fn warnings(
         (&sa.annotations, Place::SaAnnotation, sa_object.as_str()),
     ];
     for (map, place, object) in sources {
-        for key in map.iter().flat_map(|m| m.keys()) {
+        for key in map.keys() {
             if let Some(w) = key_warning(key, place, object) {
                 out.push(w);
             }
         }
     }
-    if annotation(&pod.metadata, INJECT_PROXY_SIDECAR_ANNOTATION).is_some() {
+    if pod
+        .metadata
+        .annotations
+        .get(INJECT_PROXY_SIDECAR_ANNOTATION)
+        .is_some()
+    {
         out.push(format!(
             "{pod_object}: {INJECT_PROXY_SIDECAR_ANNOTATION} is not supported by wif and no proxy sidecar is \
              injected; Azure SDKs read the token file in AZURE_FEDERATED_TOKEN_FILE directly, so remove the \
@@ -579,11 +625,10 @@ fn warnings(
         ));
     }
     let names: BTreeSet<&str> = spec
-        .init_containers
+        .init_containers()
         .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .map(|c| c.name.as_str())
+        .chain(spec.containers())
+        .map(|c| c.name.as_ref())
         .collect();
     for name in skip.iter().filter(|n| !names.contains(*n)) {
         out.push(format!(

@@ -1,33 +1,36 @@
 //! ServiceAccount metadata, cached.
 //!
-//! The webhook needs only names and annotations, so it watches `PartialObjectMeta` and strips
-//! what it never reads (managed fields, owner references) to keep 10,000 ServiceAccounts in a few
-//! megabytes. A pod created right after its ServiceAccount can arrive before the watch event, so
-//! a miss asks the API server once, with a short timeout.
+//! The webhook needs only names and the `azure.workload.identity/` annotations and labels, so it
+//! watches `PartialObjectMeta` and keeps a [`MetaView`] of each ServiceAccount: a few hundred
+//! bytes, where a full `ObjectMeta` in kube's reflector store is several times that. A pod
+//! created right after its ServiceAccount can arrive before the watch event, so a miss asks the
+//! API server once, with a short timeout.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::ServiceAccount, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{
     Api, Client,
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
-        reflector::{self, ObjectRef, Store, store::Writer},
-        watcher::{self, watcher},
+        watcher::{self, Event, watcher},
     },
 };
 use tokio_util::sync::CancellationToken;
 
-/// A cached ServiceAccount: metadata only.
-pub type CachedServiceAccount = PartialObjectMeta<ServiceAccount>;
+use crate::view::MetaView;
+
+/// A cached ServiceAccount: its name, namespace and `azure.workload.identity/` keys.
+pub type CachedServiceAccount = MetaView<'static>;
 
 /// A ServiceAccount could not be read from the API server.
 #[derive(Debug, thiserror::Error)]
@@ -48,63 +51,149 @@ pub enum LookupError {
     Timeout(Duration, String, String),
 }
 
+/// ServiceAccounts by namespace, then name (nested so a lookup borrows both strings).
+#[derive(Default)]
+pub struct Index {
+    namespaces: HashMap<Box<str>, HashMap<Box<str>, Arc<CachedServiceAccount>>>,
+    len: usize,
+}
+
+impl Index {
+    /// Adds or replaces a ServiceAccount; one without a name is ignored.
+    pub fn insert(&mut self, sa: CachedServiceAccount) {
+        let Some(name) = sa.name.as_deref() else { return };
+        let names = self
+            .namespaces
+            .entry(sa.namespace.as_deref().unwrap_or_default().into())
+            .or_default();
+        if names.insert(name.into(), Arc::new(sa)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Removes a ServiceAccount.
+    pub fn remove(&mut self, namespace: &str, name: &str) {
+        let Some(names) = self.namespaces.get_mut(namespace) else {
+            return;
+        };
+        if names.remove(name).is_some() {
+            self.len -= 1;
+        }
+        if names.is_empty() {
+            self.namespaces.remove(namespace);
+        }
+    }
+
+    /// Looks a ServiceAccount up.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedServiceAccount>> {
+        self.namespaces.get(namespace)?.get(name).cloned()
+    }
+
+    /// Number of ServiceAccounts.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Applies watcher events to a shared [`Index`]. A relist is collected aside and swapped in
+/// whole when it is complete, so readers never see a half-listed cache.
+#[derive(Default)]
+pub struct Reflector {
+    live: Arc<RwLock<Index>>,
+    relist: Option<Index>,
+}
+
+impl Reflector {
+    /// Applies one event; returns true when it completed a (re)list.
+    pub fn apply(&mut self, event: Event<PartialObjectMeta<ServiceAccount>>) -> bool {
+        match event {
+            Event::Init => self.relist = Some(Index::default()),
+            Event::InitApply(sa) => {
+                if let Some(relist) = self.relist.as_mut() {
+                    relist.insert(compact(&sa));
+                }
+            }
+            Event::InitDone => {
+                let done = self.relist.take().unwrap_or_default();
+                *write(&self.live) = done;
+                return true;
+            }
+            Event::Apply(sa) => write(&self.live).insert(compact(&sa)),
+            Event::Delete(sa) => write(&self.live).remove(
+                sa.metadata.namespace.as_deref().unwrap_or_default(),
+                sa.metadata.name.as_deref().unwrap_or_default(),
+            ),
+        }
+        false
+    }
+
+    /// The index readers share.
+    pub fn index(&self) -> Arc<RwLock<Index>> {
+        self.live.clone()
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere while holding it; the index itself is whole
+/// (every mutation is a single map operation), so keep serving it.
+fn write(lock: &RwLock<Index>) -> std::sync::RwLockWriteGuard<'_, Index> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read(lock: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps only what the webhook reads: the name, the namespace, and the labels and annotations
+/// under `azure.workload.identity/`. Everything else (managed fields, `last-applied-configuration`,
+/// other teams' annotations) is most of an object's size and is dropped before it is cached.
+pub fn compact(sa: &PartialObjectMeta<ServiceAccount>) -> CachedServiceAccount {
+    MetaView::from(&sa.metadata).into_owned()
+}
+
 /// ServiceAccount metadata by namespace and name, from a watch, with an API read on a miss.
 #[derive(Clone)]
 pub struct ServiceAccountCache {
-    store: Store<CachedServiceAccount>,
+    index: Arc<RwLock<Index>>,
     client: Option<Client>,
     miss_timeout: Duration,
     synced: Arc<AtomicBool>,
 }
 
 impl ServiceAccountCache {
-    /// A cache fed by hand (tests, benchmarks, `wif mutate`); it is synced at once and a miss is
-    /// a miss.
-    pub fn from_writer(writer: Writer<CachedServiceAccount>) -> Self {
-        Self {
-            store: writer.as_reader(),
-            client: None,
-            miss_timeout: Duration::from_secs(2),
-            synced: Arc::new(AtomicBool::new(true)),
-        }
-    }
-
     /// Starts a cluster-wide metadata watch of ServiceAccounts; it runs until `stop`.
     pub fn spawn(client: Client, miss_timeout: Duration, stop: CancellationToken) -> Self {
-        let writer = Writer::default();
-        let store = writer.as_reader();
+        let mut reflector = Reflector::default();
         let synced = Arc::new(AtomicBool::new(false));
+        let cache = Self {
+            index: reflector.index(),
+            client: Some(client.clone()),
+            miss_timeout,
+            synced: synced.clone(),
+        };
         // `Api<PartialObjectMeta<_>>` lists and watches with metadata-only requests.
-        let api: Api<CachedServiceAccount> = Api::all(client.clone());
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(strip)
-            .reflect(writer)
-            .touched_objects();
+        let api: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client);
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     item = stream.next() => match item {
-                        Some(Ok(_)) => {}
+                        Some(Ok(event)) => {
+                            if reflector.apply(event) && !synced.swap(true, Ordering::AcqRel) {
+                                let count = read(&reflector.live).len();
+                                tracing::info!(service_accounts = count, "ServiceAccount cache synced");
+                            }
+                        }
                         Some(Err(error)) => tracing::warn!(%error, "ServiceAccount watch error; retrying"),
                         None => return,
                     }
                 }
-            }
-        });
-        let cache = Self {
-            store,
-            client: Some(client),
-            miss_timeout,
-            synced,
-        };
-        let (store, flag) = (cache.store.clone(), cache.synced.clone());
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                tracing::info!(service_accounts = store.len(), "ServiceAccount cache synced");
-                flag.store(true, Ordering::Release);
             }
         });
         cache
@@ -117,12 +206,12 @@ impl ServiceAccountCache {
 
     /// Number of cached ServiceAccounts.
     pub fn len(&self) -> usize {
-        self.store.len()
+        read(&self.index).len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
+        self.len() == 0
     }
 
     /// Looks a ServiceAccount up; `Ok(None)` means it does not exist.
@@ -132,7 +221,7 @@ impl ServiceAccountCache {
         namespace: &str,
         name: &str,
     ) -> Result<(Option<Arc<CachedServiceAccount>>, bool), LookupError> {
-        if let Some(sa) = self.store.get(&ObjectRef::new(name).within(namespace)) {
+        if let Some(sa) = read(&self.index).get(namespace, name) {
             return Ok((Some(sa), false));
         }
         let Some(client) = &self.client else {
@@ -140,13 +229,7 @@ impl ServiceAccountCache {
         };
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
         match tokio::time::timeout(self.miss_timeout, api.get_metadata_opt(name)).await {
-            Ok(Ok(found)) => Ok((
-                found.map(|mut sa| {
-                    strip(&mut sa);
-                    Arc::new(sa)
-                }),
-                true,
-            )),
+            Ok(Ok(found)) => Ok((found.map(|sa| Arc::new(compact(&sa))), true)),
             Ok(Err(source)) => Err(LookupError::Api {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -161,65 +244,57 @@ impl ServiceAccountCache {
     }
 }
 
-/// Keeps only what the webhook reads: the name, the namespace, and the labels and annotations
-/// under `azure.workload.identity/`. Everything else (managed fields, `last-applied-configuration`,
-/// other teams' annotations) is most of an object's size and is dropped before it is cached.
-pub fn strip(sa: &mut CachedServiceAccount) {
-    let meta = &mut sa.metadata;
-    let ours = |m: &mut Option<std::collections::BTreeMap<String, String>>| {
-        if let Some(map) = m.as_mut() {
-            map.retain(|k, _| k.starts_with(wif_api::PREFIX));
-        }
-        if m.as_ref().is_some_and(|map| map.is_empty()) {
-            *m = None;
-        }
-    };
-    ours(&mut meta.labels);
-    ours(&mut meta.annotations);
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        labels: meta.labels.take(),
-        annotations: meta.annotations.take(),
-        ..ObjectMeta::default()
-    };
-}
-
-/// Builds a cache holding exactly `accounts` (tests and benchmarks).
+/// A cache holding exactly `accounts`, synced, where a miss is a miss (tests, benchmarks).
 pub fn static_cache(accounts: impl IntoIterator<Item = CachedServiceAccount>) -> ServiceAccountCache {
-    let mut writer = Writer::default();
+    let mut index = Index::default();
     for sa in accounts {
-        writer.apply_watcher_event(&watcher::Event::Apply(sa));
+        index.insert(sa);
     }
-    ServiceAccountCache::from_writer(writer)
+    ServiceAccountCache {
+        index: Arc::new(RwLock::new(index)),
+        client: None,
+        miss_timeout: Duration::from_secs(2),
+        synced: Arc::new(AtomicBool::new(true)),
+    }
 }
 
-/// A ServiceAccount's metadata as the cache holds it.
+/// A ServiceAccount's metadata as the cache holds it (tests, benchmarks).
 pub fn cached(namespace: &str, name: &str, annotations: &[(&str, &str)]) -> CachedServiceAccount {
-    let mut meta = PartialObjectMeta::<ServiceAccount>::default();
-    meta.metadata.name = Some(name.to_owned());
-    meta.metadata.namespace = Some(namespace.to_owned());
-    if !annotations.is_empty() {
-        meta.metadata.annotations = Some(
-            annotations
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
+    MetaView {
+        name: Some(name.to_owned().into()),
+        namespace: Some(namespace.to_owned().into()),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..MetaView::default()
     }
-    meta
 }
-
-// Keep the reflector module path visible for callers that build writers themselves.
-pub use reflector::store::Writer as CacheWriter;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
+    fn sa(ns: &str, name: &str, annotations: &[(&str, &str)]) -> PartialObjectMeta<ServiceAccount> {
+        let mut sa = PartialObjectMeta::<ServiceAccount>::default();
+        sa.metadata.name = Some(name.to_owned());
+        sa.metadata.namespace = Some(ns.to_owned());
+        sa.metadata.uid = Some("u".into());
+        sa.metadata.labels = Some([("team".to_owned(), "x".to_owned())].into());
+        sa.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        sa
+    }
+
     #[test]
-    fn strip_keeps_only_what_the_webhook_reads() {
-        let mut sa = cached(
+    fn compact_keeps_only_what_the_webhook_reads() {
+        let full = sa(
             "ns",
             "api",
             &[
@@ -227,16 +302,76 @@ mod tests {
                 ("kubectl.kubernetes.io/last-applied-configuration", "{...big...}"),
             ],
         );
-        sa.metadata.uid = Some("u".into());
-        sa.metadata.labels = Some([("team".to_owned(), "x".to_owned())].into());
-        strip(&mut sa);
-        assert_eq!(sa.metadata.name.as_deref(), Some("api"));
-        assert_eq!(sa.metadata.namespace.as_deref(), Some("ns"));
+        let c = compact(&full);
+        assert_eq!(c.name.as_deref(), Some("api"));
+        assert_eq!(c.namespace.as_deref(), Some("ns"));
         assert_eq!(
-            sa.metadata.annotations,
-            Some([("azure.workload.identity/client-id".to_owned(), "cid".to_owned())].into())
+            c.annotations.get("azure.workload.identity/client-id"),
+            Some("cid")
         );
-        assert_eq!(sa.metadata.labels, None);
-        assert_eq!(sa.metadata.uid, None);
+        assert_eq!(c.annotations.len(), 1);
+        assert!(c.labels.is_empty());
+    }
+
+    #[test]
+    fn reflector_swaps_a_relist_in_whole_and_applies_changes() {
+        let mut r = Reflector::default();
+        let index = r.index();
+        assert!(!r.apply(Event::Init));
+        assert!(!r.apply(Event::InitApply(sa("a", "one", &[]))));
+        assert!(!r.apply(Event::InitApply(sa("a", "two", &[]))));
+        assert!(read(&index).is_empty(), "a relist is invisible until done");
+        assert!(r.apply(Event::InitDone));
+        assert_eq!(read(&index).len(), 2);
+
+        r.apply(Event::Apply(sa(
+            "b",
+            "three",
+            &[("azure.workload.identity/client-id", "c")],
+        )));
+        r.apply(Event::Apply(sa(
+            "b",
+            "three",
+            &[("azure.workload.identity/client-id", "d")],
+        )));
+        assert_eq!(read(&index).len(), 3, "an update replaces");
+        let three = read(&index).get("b", "three").unwrap();
+        assert_eq!(
+            three.annotations.get("azure.workload.identity/client-id"),
+            Some("d")
+        );
+
+        r.apply(Event::Delete(sa("a", "one", &[])));
+        assert!(read(&index).get("a", "one").is_none());
+        assert_eq!(read(&index).len(), 2);
+
+        // A relist after a watch gap drops what was deleted meanwhile.
+        r.apply(Event::Init);
+        r.apply(Event::InitApply(sa("b", "three", &[])));
+        assert_eq!(read(&index).len(), 2, "old contents served during the relist");
+        r.apply(Event::InitDone);
+        assert_eq!(read(&index).len(), 1);
+        assert!(read(&index).get("a", "two").is_none());
+    }
+
+    #[tokio::test]
+    async fn static_cache_finds_what_it_holds_and_misses_the_rest() {
+        let cache = static_cache([cached(
+            "ns",
+            "api",
+            &[("azure.workload.identity/client-id", "cid")],
+        )]);
+        let (found, missed) = cache.get("ns", "api").await.unwrap();
+        assert!(!missed);
+        assert_eq!(
+            found
+                .unwrap()
+                .annotations
+                .get("azure.workload.identity/client-id"),
+            Some("cid")
+        );
+        assert!(cache.get("ns", "other").await.unwrap().0.is_none());
+        assert!(cache.get("other", "api").await.unwrap().0.is_none());
+        assert_eq!(cache.len(), 1);
     }
 }

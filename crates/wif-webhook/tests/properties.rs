@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 use proptest::{collection::vec, option, prelude::*, sample::select};
 use wif_api::{Cloud, MutationConfig};
-use wif_webhook::mutate;
+use wif_webhook::{MetaView, PodView, admission::decode, mutate, mutate_view};
 
 fn env_var() -> impl Strategy<Value = EnvVar> {
     (
@@ -165,7 +165,7 @@ proptest! {
         let mut typed = pod.clone();
         m.apply(&mut typed);
         let mut raw = serde_json::to_value(&pod).unwrap();
-        json_patch::patch(&mut raw, &m.patch()).unwrap();
+        json_patch::patch(&mut raw, &m.patch().unwrap()).unwrap();
         prop_assert_eq!(&raw, &serde_json::to_value(&typed).unwrap());
 
         let again = mutate(&typed, &sa, &cfg).unwrap();
@@ -187,5 +187,40 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// The webhook decodes reviews into a borrowed view; `wif mutate` converts a typed pod.
+    /// Both must give the same mutation, whatever else the pod carries (other teams' keys, values
+    /// with quotes, escapes and non-ASCII text).
+    #[test]
+    fn a_decoded_review_mutates_like_the_typed_pod(
+        pod in pod(),
+        sa in sa(),
+        extra in vec((select(vec![
+            "app",
+            "azure.workload.identity/client_id",
+            "azure.workload.identity/use",
+            "azure.workload.identity/skip-containers",
+            "kubectl.kubernetes.io/last-applied-configuration",
+        ]), "\\PC{0,12}"), 0..4),
+    ) {
+        let cfg = MutationConfig::new("t", Cloud::Public);
+        let mut pod = pod;
+        for (k, v) in extra {
+            pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(k.to_owned(), v.clone());
+            pod.metadata.labels.get_or_insert_with(BTreeMap::new).insert(k.to_owned(), v);
+        }
+        let body = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE", "userInfo": {"username": "x"}, "object": pod,
+            }
+        })).unwrap();
+        let request = decode(&body).unwrap();
+        let view: &PodView<'_> = request.object.as_ref().unwrap();
+        prop_assert_eq!(mutate_view(view, &MetaView::from(&sa), &cfg), mutate(&pod, &sa, &cfg));
     }
 }

@@ -89,7 +89,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {warning}");
     }
     let text = match output {
-        Output::Patch => serde_json::to_string_pretty(&mutation.patch())?,
+        Output::Patch => serde_json::to_string_pretty(&mutation.patch()?)?,
         Output::Json => {
             mutation.apply(&mut pod);
             serde_json::to_string_pretty(&pod)?
