@@ -9,7 +9,7 @@ use wif_api::UserAssignedIdentityId;
 
 use super::{
     CredentialSpec, FederatedCredential,
-    http::{AzureError, AzureHttp, Call, Service},
+    http::{Api, AzureError, AzureHttp, Service},
 };
 
 /// The api-version the client speaks (stable, carries federated credentials).
@@ -29,9 +29,7 @@ pub struct ManagedIdentity {
 /// The ARM client.
 #[derive(Debug, Clone)]
 pub struct ArmClient {
-    http: Arc<AzureHttp>,
-    base: String,
-    scope: String,
+    api: Api,
 }
 
 impl ArmClient {
@@ -39,43 +37,12 @@ impl ArmClient {
     /// `scope` (e.g. `https://management.azure.com/.default`).
     pub fn new(http: Arc<AzureHttp>, endpoint: &str, scope: &str) -> Self {
         Self {
-            http,
-            base: endpoint.trim_end_matches('/').to_owned(),
-            scope: scope.to_owned(),
-        }
-    }
-
-    async fn call(
-        &self,
-        tenant: &str,
-        method: Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, AzureError> {
-        self.http
-            .send(Call {
-                service: Service::Arm,
-                scope: &self.scope,
-                tenant,
-                method,
-                url,
-                body,
-            })
-            .await
-            .map(|a| a.body)
-    }
-
-    fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
-        AzureError::Decode {
-            service: Service::Arm,
-            method: method.to_owned(),
-            path: url
-                .trim_start_matches(&self.base)
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            reason,
+            api: Api::new(
+                http,
+                Service::Arm,
+                endpoint.trim_end_matches('/').to_owned(),
+                scope,
+            ),
         }
     }
 
@@ -85,8 +52,8 @@ impl ArmClient {
         tenant: &str,
         id: &UserAssignedIdentityId,
     ) -> Result<Option<ManagedIdentity>, AzureError> {
-        let url = format!("{}{}?api-version={API_VERSION}", self.base, id.resource_id());
-        match self.call(tenant, Method::GET, &url, None).await {
+        let url = format!("{}{}?api-version={API_VERSION}", self.api.base, id.resource_id());
+        match self.api.call(tenant, Method::GET, &url, None).await {
             Ok(body) => {
                 let props = body.get("properties");
                 let s = |k: &str| {
@@ -101,7 +68,11 @@ impl ArmClient {
                         principal_id,
                         tenant_id: s("tenantId").unwrap_or_else(|| tenant.to_owned()),
                     })),
-                    _ => Err(self.decode_error("GET", &url, "identity without clientId/principalId".into())),
+                    _ => Err(self.api.decode_error(
+                        "GET",
+                        &url,
+                        "identity without clientId/principalId".into(),
+                    )),
                 }
             }
             Err(e) if e.is_not_found() => Ok(None),
@@ -113,12 +84,12 @@ impl ArmClient {
         match name {
             Some(name) => format!(
                 "{}{}/federatedIdentityCredentials/{name}?api-version={API_VERSION}",
-                self.base,
+                self.api.base,
                 id.resource_id()
             ),
             None => format!(
                 "{}{}/federatedIdentityCredentials?api-version={API_VERSION}",
-                self.base,
+                self.api.base,
                 id.resource_id()
             ),
         }
@@ -133,19 +104,19 @@ impl ArmClient {
         let mut url = self.credentials_url(id, None);
         let mut out = Vec::new();
         loop {
-            let body = self.call(tenant, Method::GET, &url, None).await?;
+            let body = self.api.call(tenant, Method::GET, &url, None).await?;
             let items = body
                 .get("value")
                 .and_then(Value::as_array)
-                .ok_or_else(|| self.decode_error("GET", &url, "list without value".into()))?;
+                .ok_or_else(|| self.api.decode_error("GET", &url, "list without value".into()))?;
             for item in items {
-                out.push(
-                    parse(item)
-                        .ok_or_else(|| self.decode_error("GET", &url, format!("bad credential {item}")))?,
-                );
+                out.push(parse(item).ok_or_else(|| {
+                    self.api
+                        .decode_error("GET", &url, format!("bad credential {item}"))
+                })?);
             }
             match body.get("nextLink").and_then(Value::as_str) {
-                Some(next) if next.starts_with(&self.base) => url = next.to_owned(),
+                Some(next) if next.starts_with(&self.api.base) => url = next.to_owned(),
                 _ => return Ok(out),
             }
         }
@@ -159,10 +130,10 @@ impl ArmClient {
         name: &str,
     ) -> Result<Option<FederatedCredential>, AzureError> {
         let url = self.credentials_url(id, Some(name));
-        match self.call(tenant, Method::GET, &url, None).await {
+        match self.api.call(tenant, Method::GET, &url, None).await {
             Ok(body) => parse(&body)
                 .map(Some)
-                .ok_or_else(|| self.decode_error("GET", &url, "bad credential".into())),
+                .ok_or_else(|| self.api.decode_error("GET", &url, "bad credential".into())),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -183,8 +154,8 @@ impl ArmClient {
                 "audiences": [spec.audience],
             }
         });
-        let answer = self.call(tenant, Method::PUT, &url, Some(&body)).await?;
-        parse(&answer).ok_or_else(|| self.decode_error("PUT", &url, "bad credential".into()))
+        let answer = self.api.call(tenant, Method::PUT, &url, Some(&body)).await?;
+        parse(&answer).ok_or_else(|| self.api.decode_error("PUT", &url, "bad credential".into()))
     }
 
     /// Deletes a credential; `false` when it was already gone (ARM answers 204).
@@ -195,18 +166,7 @@ impl ArmClient {
         name: &str,
     ) -> Result<bool, AzureError> {
         let url = self.credentials_url(id, Some(name));
-        match self
-            .http
-            .send(Call {
-                service: Service::Arm,
-                scope: &self.scope,
-                tenant,
-                method: Method::DELETE,
-                url: &url,
-                body: None,
-            })
-            .await
-        {
+        match self.api.send(tenant, Method::DELETE, &url, None).await {
             Ok(answer) => Ok(answer.status != 204),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     CredentialSpec, FederatedCredential,
-    http::{AzureError, AzureHttp, Call, Service},
+    http::{Api, AzureError, AzureHttp, Service},
 };
 
 /// An application registration, as far as the controller needs it.
@@ -24,9 +24,7 @@ pub struct Application {
 /// The Graph client.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: Arc<AzureHttp>,
-    base: String,
-    scope: String,
+    api: Api,
 }
 
 impl GraphClient {
@@ -34,38 +32,12 @@ impl GraphClient {
     /// for `scope` (e.g. `https://graph.microsoft.com/.default`).
     pub fn new(http: Arc<AzureHttp>, endpoint: &str, scope: &str) -> Self {
         Self {
-            http,
-            base: format!("{}/v1.0", endpoint.trim_end_matches('/')),
-            scope: scope.to_owned(),
-        }
-    }
-
-    async fn call(
-        &self,
-        tenant: &str,
-        method: Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, AzureError> {
-        self.http
-            .send(Call {
-                service: Service::Graph,
-                scope: &self.scope,
-                tenant,
-                method,
-                url,
-                body,
-            })
-            .await
-            .map(|a| a.body)
-    }
-
-    fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
-        AzureError::Decode {
-            service: Service::Graph,
-            method: method.to_owned(),
-            path: url.trim_start_matches(&self.base).to_owned(),
-            reason,
+            api: Api::new(
+                http,
+                Service::Graph,
+                format!("{}/v1.0", endpoint.trim_end_matches('/')),
+                scope,
+            ),
         }
     }
 
@@ -79,14 +51,14 @@ impl GraphClient {
         // The client id was checked to be a GUID: no quote can end the key literal.
         let url = format!(
             "{}/applications(appId='{client_id}')?$select=id,appId,displayName",
-            self.base
+            self.api.base
         );
-        match self.call(tenant, Method::GET, &url, None).await {
+        match self.api.call(tenant, Method::GET, &url, None).await {
             Ok(body) => {
-                let object_id = body
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| self.decode_error("GET", &url, "application without id".into()))?;
+                let object_id = body.get("id").and_then(Value::as_str).ok_or_else(|| {
+                    self.api
+                        .decode_error("GET", &url, "application without id".into())
+                })?;
                 Ok(Some(Application {
                     object_id: object_id.to_owned(),
                     app_id: body
@@ -105,7 +77,7 @@ impl GraphClient {
     fn credentials_url(&self, object_id: &str) -> String {
         format!(
             "{}/applications/{object_id}/federatedIdentityCredentials",
-            self.base
+            self.api.base
         )
     }
 
@@ -114,19 +86,19 @@ impl GraphClient {
         let mut url = self.credentials_url(object_id);
         let mut out = Vec::new();
         loop {
-            let body = self.call(tenant, Method::GET, &url, None).await?;
+            let body = self.api.call(tenant, Method::GET, &url, None).await?;
             let items = body
                 .get("value")
                 .and_then(Value::as_array)
-                .ok_or_else(|| self.decode_error("GET", &url, "list without value".into()))?;
+                .ok_or_else(|| self.api.decode_error("GET", &url, "list without value".into()))?;
             for item in items {
-                out.push(
-                    parse(item)
-                        .ok_or_else(|| self.decode_error("GET", &url, format!("bad credential {item}")))?,
-                );
+                out.push(parse(item).ok_or_else(|| {
+                    self.api
+                        .decode_error("GET", &url, format!("bad credential {item}"))
+                })?);
             }
             match body.get("@odata.nextLink").and_then(Value::as_str) {
-                Some(next) if next.starts_with(&self.base) => url = next.to_owned(),
+                Some(next) if next.starts_with(&self.api.base) => url = next.to_owned(),
                 _ => return Ok(out),
             }
         }
@@ -140,10 +112,10 @@ impl GraphClient {
         name: &str,
     ) -> Result<Option<FederatedCredential>, AzureError> {
         let url = format!("{}/{name}", self.credentials_url(object_id));
-        match self.call(tenant, Method::GET, &url, None).await {
+        match self.api.call(tenant, Method::GET, &url, None).await {
             Ok(body) => parse(&body)
                 .map(Some)
-                .ok_or_else(|| self.decode_error("GET", &url, "bad credential".into())),
+                .ok_or_else(|| self.api.decode_error("GET", &url, "bad credential".into())),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -164,8 +136,8 @@ impl GraphClient {
             "audiences": [spec.audience],
             "description": spec.description,
         });
-        let answer = self.call(tenant, Method::POST, &url, Some(&body)).await?;
-        parse(&answer).ok_or_else(|| self.decode_error("POST", &url, "bad credential".into()))
+        let answer = self.api.call(tenant, Method::POST, &url, Some(&body)).await?;
+        parse(&answer).ok_or_else(|| self.api.decode_error("POST", &url, "bad credential".into()))
     }
 
     /// Updates issuer, subject, audiences and description in place (Graph answers 204).
@@ -183,7 +155,8 @@ impl GraphClient {
             "audiences": [spec.audience],
             "description": spec.description,
         });
-        self.call(tenant, Method::PATCH, &url, Some(&body))
+        self.api
+            .call(tenant, Method::PATCH, &url, Some(&body))
             .await
             .map(drop)
     }
@@ -191,7 +164,7 @@ impl GraphClient {
     /// Deletes a credential; `false` when it was already gone.
     pub async fn delete(&self, tenant: &str, object_id: &str, id: &str) -> Result<bool, AzureError> {
         let url = format!("{}/{id}", self.credentials_url(object_id));
-        match self.call(tenant, Method::DELETE, &url, None).await {
+        match self.api.call(tenant, Method::DELETE, &url, None).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),

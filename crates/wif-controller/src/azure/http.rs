@@ -252,6 +252,74 @@ impl fmt::Debug for AzureHttp {
     }
 }
 
+/// One Azure API (Graph or ARM) behind the shared HTTP path: where it is and which token it takes.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: Arc<AzureHttp>,
+    service: Service,
+    /// Base URL, without a trailing slash.
+    pub base: String,
+    scope: String,
+}
+
+impl Api {
+    /// `service` at `base`, called with tokens for `scope`.
+    pub fn new(http: Arc<AzureHttp>, service: Service, base: String, scope: &str) -> Self {
+        Self {
+            http,
+            service,
+            base,
+            scope: scope.to_owned(),
+        }
+    }
+
+    /// Sends one request; the answer keeps its status.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, AzureError> {
+        self.http
+            .send(Call {
+                service: self.service,
+                scope: &self.scope,
+                tenant,
+                method,
+                url,
+                body,
+            })
+            .await
+    }
+
+    /// Sends one request and returns the JSON body.
+    pub async fn call(
+        &self,
+        tenant: &str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, AzureError> {
+        self.send(tenant, method, url, body).await.map(|a| a.body)
+    }
+
+    /// An answer that does not have the expected shape; names the path without base or query.
+    pub fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
+        AzureError::Decode {
+            service: self.service,
+            method: method.to_owned(),
+            path: url
+                .trim_start_matches(&self.base)
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            reason,
+        }
+    }
+}
+
 /// A request to send.
 pub struct Call<'a> {
     /// The API.
