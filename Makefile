@@ -83,6 +83,13 @@ fuzz: ## fuzz the admission decoder + mutation for FUZZ_SECONDS (default 60)
 clean: ## remove build outputs (keeps downloaded modules)
 	cargo clean
 
+.PHONY: tools
+tools: controlplane helm ## the Go-built tools the tests use (control plane, helm), cached by version
+
+.PHONY: go-clean
+go-clean: ## delete Go's build and module caches (GBs; the built tools are kept)
+	go clean -cache -modcache
+
 # --- packaging: Helm chart, rendered manifests, CRDs, image ----------------------------------
 
 export HELM_VERSION ?= v3.19.5
