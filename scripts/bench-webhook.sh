@@ -9,6 +9,10 @@
 # is shared with the load generator and noisy, and interleaving spreads drift over all three.
 # Writes bench/results/webhook.json and prints a table. Traffic goes to 127.0.0.1 only, and
 # every load is bounded in time.
+#
+# The container image ships the static musl build (scripts/build-static.sh), whose allocator is
+# musl's own, not glibc's: that build is measured too, as a second webhook in the same rounds
+# (BENCH_STATIC=0 skips it, e.g. where the musl target cannot be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,6 +22,7 @@ duration=${BENCH_SECONDS:-10}
 accounts=${BENCH_SERVICE_ACCOUNTS:-10000}
 conns=${BENCH_CONNECTIONS:-32}
 rounds=${BENCH_ROUNDS:-3}
+static=${BENCH_STATIC:-1}
 
 log() { printf '==> %s\n' "$*" >&2; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/wif-bench.XXXXXX")
@@ -36,6 +41,10 @@ cargo build --release -p wif-webhook --example bench_tls >&2
 WIF=$target/release/wif
 BENCH_TLS=$target/release/examples/bench_tls
 CP=$(e2e/controlplane/build.sh | tail -1)
+if [[ $static == 1 ]]; then
+  log "building the static musl binary (as the Dockerfile does)"
+  WIF_STATIC=$(scripts/build-static.sh | tail -1)
+fi
 "$BENCH_TLS" certs "$work/certs"
 
 log "starting the control plane"
@@ -64,21 +73,33 @@ print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 PY
 kubectl create -f "$work/sas.json" >/dev/null
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-bare=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-scan=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+admin=$(free_port)
+bare=$(free_port)
+scan=$(free_port)
+start_webhook() { # binary port admin-port log → pid on stdout once ready
+  "$1" webhook --tenant-id 72f988bf-86f1-41af-91ab-2d7cd011db47 --listen "127.0.0.1:$2" \
+    --admin-listen "127.0.0.1:$3" --tls-cert-file "$work/certs/tls.crt" --tls-key-file "$work/certs/tls.key" \
+    --log-level warn >"$4" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && break
+    kill -0 $pid 2>/dev/null || { cat "$4" >&2; return 1; }
+    sleep 0.1
+  done
+  echo $pid
+}
 log "starting wif webhook (release)"
-"$WIF" webhook --tenant-id 72f988bf-86f1-41af-91ab-2d7cd011db47 --listen "127.0.0.1:$port" \
-  --admin-listen "127.0.0.1:$admin" --tls-cert-file "$work/certs/tls.crt" --tls-key-file "$work/certs/tls.key" \
-  --log-level warn >"$work/webhook.log" 2>&1 &
-hook_pid=$!
+hook_pid=$(start_webhook "$WIF" "$port" "$admin" "$work/webhook.log")
 pids+=($hook_pid)
-for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break
-  kill -0 $hook_pid 2>/dev/null || { cat "$work/webhook.log" >&2; exit 1; }
-  sleep 0.1
-done
+if [[ $static == 1 ]]; then
+  sport=$(free_port)
+  sadmin=$(free_port)
+  log "starting wif webhook (static musl release)"
+  static_pid=$(start_webhook "$WIF_STATIC" "$sport" "$sadmin" "$work/static.log")
+  pids+=($static_pid)
+fi
 cached=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^wif_webhook_cached_service_accounts /{print $2}')
 log "webhook ready with $cached ServiceAccounts cached"
 
@@ -110,16 +131,24 @@ done
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 hwm() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
 rss_idle=$(rss $hook_pid)
+[[ $static == 1 ]] && static_rss_idle=$(rss $static_pid)
 
 log "max throughput: $conns connections, ${duration}s each, $rounds interleaved rounds"
 for round in $(seq 1 "$rounds"); do
   load -z "${duration}s" -c "$conns" "https://127.0.0.1:$bare/mutate-v1-pod" >"$work/bare-max-$round.json"
   load -z "${duration}s" -c "$conns" "https://127.0.0.1:$scan/mutate-v1-pod" >"$work/scan-max-$round.json"
   load -z "${duration}s" -c "$conns" "https://127.0.0.1:$port/mutate-v1-pod" >"$work/hook-max-$round.json"
+  if [[ $static == 1 ]]; then
+    load -z "${duration}s" -c "$conns" "https://127.0.0.1:$sport/mutate-v1-pod" >"$work/static-max-$round.json"
+  fi
 done
 log "fixed 1000 requests/s, ${duration}s each"
 load -z "${duration}s" -c "$conns" -q 1000 "https://127.0.0.1:$bare/mutate-v1-pod" >"$work/bare-1000.json"
 load -z "${duration}s" -c "$conns" -q 1000 "https://127.0.0.1:$port/mutate-v1-pod" >"$work/hook-1000.json"
+if [[ $static == 1 ]]; then
+  load -z "${duration}s" -c "$conns" -q 1000 "https://127.0.0.1:$sport/mutate-v1-pod" >"$work/static-1000.json"
+  static_hwm=$(hwm $static_pid)
+fi
 rss_after=$(rss $hook_pid)
 hwm_hook=$(hwm $hook_pid)
 bare_hwm=$(hwm $bare_pid)
@@ -128,9 +157,10 @@ pod_bytes=$(jq -c .request.object "$body" | wc -c)
 mkdir -p bench/results
 review_bytes=$(wc -c <"$body")
 answer_bytes=$(wc -c <"$work/answer.json")
-python3 - "$work" "$cached" "$rss_idle" "$rss_after" "$hwm_hook" "$bare_hwm" "$pod_bytes" "$conns" "$duration" "$rounds" "$review_bytes" "$answer_bytes" <<'PY' >bench/results/webhook.json
+python3 - "$work" "$cached" "$rss_idle" "$rss_after" "$hwm_hook" "$bare_hwm" "$pod_bytes" "$conns" "$duration" "$rounds" "$review_bytes" "$answer_bytes" "$static" "${static_rss_idle:-0}" "${static_hwm:-0}" <<'PY' >bench/results/webhook.json
 import json, sys, platform, os, datetime, statistics
-w, cached, rss_idle, rss_after, hwm, bare_hwm, pod_bytes, conns, duration, rounds, review_bytes, answer_bytes = sys.argv[1:]
+(w, cached, rss_idle, rss_after, hwm, bare_hwm, pod_bytes, conns, duration, rounds, review_bytes, answer_bytes,
+ static, static_rss_idle, static_hwm) = sys.argv[1:]
 def median_run(name):
     runs = [r(f"{name}-{i}") for i in range(1, int(rounds) + 1)]
     best = sorted(runs, key=lambda x: x["rps"])[len(runs) // 2]
@@ -155,6 +185,11 @@ out = {
   "bare": {"max": median_run("bare-max"), "at_1000_rps": r("bare-1000"), "peak_rss_mib": round(int(bare_hwm) / 1024, 1)},
   "bare_json_scan": {"max": median_run("scan-max")},
 }
+if static == "1":
+    out["webhook_static_musl"] = {"max": median_run("static-max"), "at_1000_rps": r("static-1000"),
+                                  "rss_mib_idle": round(int(static_rss_idle) / 1024, 1),
+                                  "peak_rss_mib": round(int(static_hwm) / 1024, 1)}
+    out["static_vs_glibc_ratio"] = round(out["webhook_static_musl"]["max"]["rps"] / out["webhook"]["max"]["rps"], 3)
 out["throughput_ratio"] = round(out["webhook"]["max"]["rps"] / out["bare"]["max"]["rps"], 3)
 out["json_scan_ratio"] = round(out["bare_json_scan"]["max"]["rps"] / out["bare"]["max"]["rps"], 3)
 out["goals"] = {"p99_ms_at_1000_rps <= 1": out["webhook"]["at_1000_rps"]["p99_ms"] <= 1.0,
@@ -167,6 +202,7 @@ jq -r '
   "webhook benchmark (\(.service_accounts_cached) ServiceAccounts cached, \(.pod_bytes)-byte pod in a \(.review_bytes)-byte review, \(.answer_bytes)-byte answer, \(.connections) connections, median of \(.max_throughput_rounds))",
   "                       max rps   p50@1000rps  p99@1000rps   peak RSS",
   "  wif webhook       \(.webhook.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   \(.webhook.at_1000_rps.p50_ms) ms     \(.webhook.at_1000_rps.p99_ms) ms    \(.webhook.peak_rss_mib) MiB",
+  (if .webhook_static_musl then "  wif static (musl) \(.webhook_static_musl.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   \(.webhook_static_musl.at_1000_rps.p50_ms) ms     \(.webhook_static_musl.at_1000_rps.p99_ms) ms    \(.webhook_static_musl.peak_rss_mib) MiB   (\(.static_vs_glibc_ratio) of the glibc build)" else empty end),
   "  bare axum+rustls  \(.bare.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   \(.bare.at_1000_rps.p50_ms) ms     \(.bare.at_1000_rps.p99_ms) ms    \(.bare.peak_rss_mib) MiB",
   "  bare + JSON scan  \(.bare_json_scan.max.rps | tostring | .[0:9] | (" " * (9 - length)) + .)   (ratio \(.json_scan_ratio): what parsing the review alone costs)",
   "  throughput ratio: \(.throughput_ratio)   goals: \(.goals | to_entries | map("\(.key): \(if .value then "met" else "MISSED" end)") | join(", "))"

@@ -12,8 +12,11 @@ use futures::future::BoxFuture;
 use wif_api::UserAssignedIdentityId;
 use wif_controller::{
     azure::{
-        Azure, AzureHttp, CredentialSpec, Parent, RetryConfig, TokenProvider, arm::ArmClient,
-        graph::GraphClient, http_client,
+        Azure, AzureHttp, CredentialSpec, Parent, RetryConfig, TokenProvider,
+        arm::{self, ArmClient},
+        graph::GraphClient,
+        http::{Api, Service},
+        http_client,
     },
     directory::Directory,
     naming,
@@ -117,7 +120,7 @@ async fn graph_and_arm_clients_against_the_emulator() {
             "https://graph.microsoft.com/.default",
         ),
         arm: ArmClient::new(
-            azure_http,
+            azure_http.clone(),
             &emulator.arm_url(),
             "https://management.azure.com/.default",
         ),
@@ -227,6 +230,42 @@ async fn graph_and_arm_clients_against_the_emulator() {
     assert_eq!(azure.list(&uami).await.unwrap().len(), 1);
     assert!(azure.delete(&uami, &c.id, &c.name).await.unwrap());
     assert!(!azure.delete(&uami, &c.id, &c.name).await.unwrap());
+
+    // --- paging: every page is read; a next link outside the API's base is not followed -------
+    let paged = ["p-1", "p-2", "p-3"];
+    for name in paged {
+        let subject = format!("system:serviceaccount:paging:{name}");
+        azure.create(&uami, &spec(name, &subject, None)).await.unwrap();
+    }
+    let first_page = format!(
+        "{}{}/federatedIdentityCredentials?api-version={}&$top=1",
+        emulator.arm_url(),
+        id.resource_id(),
+        arm::API_VERSION
+    );
+    let name = |v: &serde_json::Value| v["name"].as_str().map(str::to_owned);
+    let scope = "https://management.azure.com/.default";
+    let api = Api::new(azure_http.clone(), Service::Arm, emulator.arm_url(), scope);
+    let all = api
+        .list_all(TENANT, first_page.clone(), "nextLink", name)
+        .await
+        .unwrap();
+    assert_eq!(all, paged, "three pages of one");
+    // The same server under a narrower base: its links (to …/arm/subscriptions) fall outside.
+    let narrow = Api::new(
+        azure_http.clone(),
+        Service::Arm,
+        format!("{}/elsewhere", emulator.arm_url()),
+        scope,
+    );
+    let first = narrow
+        .list_all(TENANT, first_page, "nextLink", name)
+        .await
+        .unwrap();
+    assert_eq!(first, ["p-1"], "a link outside the base is not followed");
+    for c in azure.list(&uami).await.unwrap() {
+        assert!(azure.delete(&uami, &c.id, &c.name).await.unwrap());
+    }
 
     // --- retries: 429 with Retry-After, then 503, both absorbed ------------------------------
     admin

@@ -23,7 +23,7 @@ use crate::{
     auth::{BearerError, Caller, utc, verify_bearer},
     credentials::{self, Credential, Violation},
     state::{Identity, PersistFailed, is_guid, now_ms},
-    wire::ArmError,
+    wire::{ArmError, path_segments},
 };
 
 /// api-versions of `Microsoft.ManagedIdentity` that carry federated identity credentials.
@@ -283,16 +283,8 @@ async fn dispatch(
     body: &[u8],
 ) -> Result<Response, ArmError> {
     let caller = verify_bearer(app, headers, ARM_AUDIENCES).map_err(auth_error)?;
-    let path = uri.path().strip_prefix("/arm").unwrap_or_default().to_string();
-    let segments: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect();
+    let path = uri.path().strip_prefix("/arm").unwrap_or_default().to_owned();
+    let segments = path_segments(uri.path(), "/arm");
     let target = parse_target(&segments)?;
     let query: Map<String, Value> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))

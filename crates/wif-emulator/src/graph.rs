@@ -22,7 +22,7 @@ use crate::{
     auth::{BearerError, Caller, verify_bearer},
     credentials::{self, Credential, Violation},
     state::{Application, PersistFailed, State as Directory, Tenant, now_ms, rfc3339_now},
-    wire::{GraphError, client_request_id},
+    wire::{GraphError, client_request_id, path_segments},
 };
 
 const FIC_RESOURCE: &str = "FederatedIdentityCredential";
@@ -476,16 +476,7 @@ async fn dispatch(
     if !tenant_known {
         return Err(auth_error(BearerError::Issuer(caller.issuer)));
     }
-    let path = uri.path().strip_prefix("/graph").unwrap_or_default();
-    let segments: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect();
+    let segments = path_segments(uri.path(), "/graph");
     let Some((version, rest)) = segments.split_first() else {
         return Err(segment_not_found(""));
     };

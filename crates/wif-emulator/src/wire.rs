@@ -37,6 +37,20 @@ fn insert_header(response: &mut Response, name: HeaderName, value: &str) {
     }
 }
 
+/// The percent-decoded, non-empty segments of a request path below `prefix` (`/arm`, `/graph`).
+pub(crate) fn path_segments(path: &str, prefix: &str) -> Vec<String> {
+    path.strip_prefix(prefix)
+        .unwrap_or_default()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// `Retry-After` as configured: an integer when whole, else a decimal (Graph sends `2.128`).
 pub(crate) fn retry_after_value(seconds: f64) -> String {
     // `Display` for f64 is the shortest exact form: 2.0 → "2", 2.128 → "2.128".

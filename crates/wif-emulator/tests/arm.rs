@@ -20,23 +20,7 @@ impl Arm<'_> {
     }
 
     async fn call(&self, method: Method, url: impl AsRef<str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self
-            .env
-            .http
-            .request(method, url.as_ref())
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("arm request");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("json")
-        };
-        (status, body)
+        self.env.call(&self.token, method, url.as_ref(), body).await
     }
 
     fn fic_url(&self, identity: &str, fic: &str) -> String {

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use wif_emulator::{FaultRule, Faults, ServerError, SettingsPatch, Throttle};
 
@@ -60,48 +60,24 @@ async fn throttling_answers_429_with_retry_after_in_each_apis_shape() {
     // Graph: fractional Retry-After, innerError with code/status 429.
     let graph_token = env.bearer(GRAPH).await;
     let url = env.graph("applications");
-    let response = env
-        .http
-        .get(&url)
-        .bearer_auth(&graph_token)
-        .send()
-        .await
-        .expect("send");
+    let response = env.get(&url, &graph_token).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "2.128");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "TooManyRequests");
     assert_eq!(body["error"]["innerError"]["status"], "429");
-    let response = env
-        .http
-        .get(&url)
-        .bearer_auth(&graph_token)
-        .send()
-        .await
-        .expect("send");
+    let response = env.get(&url, &graph_token).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     // ARM.
     let arm_token = env.bearer(ARM).await;
     let url = format!("{}?{ARM_API}", env.identity_url(IDENTITY));
-    let response = env
-        .http
-        .get(&url)
-        .bearer_auth(&arm_token)
-        .send()
-        .await
-        .expect("send");
+    let response = env.get(&url, &arm_token).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "3");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "TooManyRequests");
-    let response = env
-        .http
-        .get(&url)
-        .bearer_auth(&arm_token)
-        .send()
-        .await
-        .expect("send");
+    let response = env.get(&url, &arm_token).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     let counters = admin.counters().await.expect("counters");
@@ -150,13 +126,7 @@ async fn every_nth_and_probability_triggers() {
         .expect("faults");
     let token = env.bearer(GRAPH).await;
     for _ in 0..3 {
-        let response = env
-            .http
-            .get(env.graph("applications"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("send");
+        let response = env.get(&env.graph("applications"), &token).await;
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()["retry-after"], "1");
     }
@@ -186,26 +156,17 @@ async fn server_errors_use_each_apis_shape() {
     let (status, body) = env.exchange(APP_ID, "irrelevant").await;
     assert_aad(status, &body, 503, "temporarily_unavailable", 50033);
 
-    let response = env
-        .http
-        .get(env.graph("applications"))
-        .bearer_auth(env.bearer(GRAPH).await)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = response.json().await.expect("json");
+    let graph = env.bearer(GRAPH).await;
+    let (status, body) = env
+        .call(&graph, Method::GET, &env.graph("applications"), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "serviceNotAvailable");
 
-    let response = env
-        .http
-        .get(format!("{}?{ARM_API}", env.identity_url(IDENTITY)))
-        .bearer_auth(env.bearer(ARM).await)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body: Value = response.json().await.expect("json");
+    let arm = env.bearer(ARM).await;
+    let url = format!("{}?{ARM_API}", env.identity_url(IDENTITY));
+    let (status, body) = env.call(&arm, Method::GET, &url, None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "InternalServerError");
 }
 
@@ -292,15 +253,13 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
         .expect("settings");
     let graph = env.bearer(GRAPH).await;
     let new_subject = "system:serviceaccount:demo:new";
-    let response = env
-        .http
-        .post(env.graph(&format!("applications(appId='{APP_ID}')/federatedIdentityCredentials")))
-        .bearer_auth(&graph)
-        .json(&json!({"name": "new-sa", "issuer": env.issuer.url, "subject": new_subject, "audiences": [AUDIENCE]}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let credentials = env.graph(&format!(
+        "applications(appId='{APP_ID}')/federatedIdentityCredentials"
+    ));
+    let body =
+        json!({"name": "new-sa", "issuer": env.issuer.url, "subject": new_subject, "audiences": [AUDIENCE]});
+    let (status, _) = env.call(&graph, Method::POST, &credentials, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
     let created = Instant::now();
     let assertion = env.issuer.rs256(&env.issuer.claims(new_subject));
     let (status, body) = env.exchange(APP_ID, &assertion).await;
@@ -325,17 +284,11 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
 
     // An update keeps the old values honoured until the new ones propagate.
     let moved = "system:serviceaccount:demo:moved";
-    let response = env
-        .http
-        .patch(env.graph(&format!(
-            "applications(appId='{APP_ID}')/federatedIdentityCredentials/new-sa"
-        )))
-        .bearer_auth(&graph)
-        .json(&json!({"subject": moved}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let url = format!("{credentials}/new-sa");
+    let (status, _) = env
+        .call(&graph, Method::PATCH, &url, Some(json!({"subject": moved})))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = env.exchange(APP_ID, &assertion).await;
     assert_eq!(status, StatusCode::OK, "old subject still honoured");
     let moved_assertion = env.issuer.rs256(&env.issuer.claims(moved));
@@ -351,18 +304,14 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
 
     // ARM credentials propagate the same way.
     let arm = env.bearer(ARM).await;
-    let response = env
-        .http
-        .put(format!(
-            "{}/federatedIdentityCredentials/arm-new?{ARM_API}",
-            env.identity_url(IDENTITY)
-        ))
-        .bearer_auth(&arm)
-        .json(&json!({"properties": {"issuer": env.issuer.url, "subject": new_subject, "audiences": [AUDIENCE]}}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let url = format!(
+        "{}/federatedIdentityCredentials/arm-new?{ARM_API}",
+        env.identity_url(IDENTITY)
+    );
+    let body =
+        json!({"properties": {"issuer": env.issuer.url, "subject": new_subject, "audiences": [AUDIENCE]}});
+    let (status, _) = env.call(&arm, Method::PUT, &url, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
     let (status, body) = env.exchange(IDENTITY_CLIENT_ID, &assertion).await;
     assert_aad(status, &body, 401, "invalid_client", 70021);
 }

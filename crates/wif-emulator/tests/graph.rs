@@ -20,23 +20,9 @@ impl Graph<'_> {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self
-            .env
-            .http
-            .request(method, self.env.graph(path))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("graph request");
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, body)
+        self.env
+            .call(&self.token, method, &self.env.graph(path), body)
+            .await
     }
 
     async fn create_app(&self, name: &str) -> Value {
@@ -93,7 +79,7 @@ async fn graph_requires_a_graph_token_issued_by_the_emulator() {
         ),
         (arm.as_str(), "Access token validation failure. Invalid audience."),
     ] {
-        let response = env.http.get(&url).bearer_auth(token).send().await.expect("send");
+        let response = env.get(&url, token).await;
         let status = response.status();
         let body: Value = response.json().await.expect("json");
         assert_graph_error(status, &body, 401, "InvalidAuthenticationToken");
@@ -112,7 +98,7 @@ async fn graph_requires_a_graph_token_issued_by_the_emulator() {
         .expect("settings");
     let short = env.bearer(GRAPH).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let response = env.http.get(&url).bearer_auth(&short).send().await.expect("send");
+    let response = env.get(&url, &short).await;
     let status = response.status();
     let body: Value = response.json().await.expect("json");
     assert_graph_error(status, &body, 401, "InvalidAuthenticationToken");

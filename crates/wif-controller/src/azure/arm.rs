@@ -53,8 +53,8 @@ impl ArmClient {
         id: &UserAssignedIdentityId,
     ) -> Result<Option<ManagedIdentity>, AzureError> {
         let url = format!("{}{}?api-version={API_VERSION}", self.api.base, id.resource_id());
-        match self.api.call(tenant, Method::GET, &url, None).await {
-            Ok(body) => {
+        self.api
+            .get_opt(tenant, &url, |body| {
                 let props = body.get("properties");
                 let s = |k: &str| {
                     props
@@ -63,21 +63,15 @@ impl ArmClient {
                         .map(str::to_owned)
                 };
                 match (s("clientId"), s("principalId")) {
-                    (Some(client_id), Some(principal_id)) => Ok(Some(ManagedIdentity {
+                    (Some(client_id), Some(principal_id)) => Ok(ManagedIdentity {
                         client_id,
                         principal_id,
                         tenant_id: s("tenantId").unwrap_or_else(|| tenant.to_owned()),
-                    })),
-                    _ => Err(self.api.decode_error(
-                        "GET",
-                        &url,
-                        "identity without clientId/principalId".into(),
-                    )),
+                    }),
+                    _ => Err("identity without clientId/principalId".into()),
                 }
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+            })
+            .await
     }
 
     fn credentials_url(&self, id: &UserAssignedIdentityId, name: Option<&str>) -> String {
@@ -101,25 +95,9 @@ impl ArmClient {
         tenant: &str,
         id: &UserAssignedIdentityId,
     ) -> Result<Vec<FederatedCredential>, AzureError> {
-        let mut url = self.credentials_url(id, None);
-        let mut out = Vec::new();
-        loop {
-            let body = self.api.call(tenant, Method::GET, &url, None).await?;
-            let items = body
-                .get("value")
-                .and_then(Value::as_array)
-                .ok_or_else(|| self.api.decode_error("GET", &url, "list without value".into()))?;
-            for item in items {
-                out.push(parse(item).ok_or_else(|| {
-                    self.api
-                        .decode_error("GET", &url, format!("bad credential {item}"))
-                })?);
-            }
-            match body.get("nextLink").and_then(Value::as_str) {
-                Some(next) if next.starts_with(&self.api.base) => url = next.to_owned(),
-                _ => return Ok(out),
-            }
-        }
+        self.api
+            .list_all(tenant, self.credentials_url(id, None), "nextLink", parse)
+            .await
     }
 
     /// One credential by name.
@@ -130,13 +108,11 @@ impl ArmClient {
         name: &str,
     ) -> Result<Option<FederatedCredential>, AzureError> {
         let url = self.credentials_url(id, Some(name));
-        match self.api.call(tenant, Method::GET, &url, None).await {
-            Ok(body) => parse(&body)
-                .map(Some)
-                .ok_or_else(|| self.api.decode_error("GET", &url, "bad credential".into())),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.api
+            .get_opt(tenant, &url, |body| {
+                parse(body).ok_or_else(|| "bad credential".into())
+            })
+            .await
     }
 
     /// Creates or replaces the credential `spec.name` (PUT is both on ARM).

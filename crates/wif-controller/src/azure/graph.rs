@@ -53,13 +53,13 @@ impl GraphClient {
             "{}/applications(appId='{client_id}')?$select=id,appId,displayName",
             self.api.base
         );
-        match self.api.call(tenant, Method::GET, &url, None).await {
-            Ok(body) => {
-                let object_id = body.get("id").and_then(Value::as_str).ok_or_else(|| {
-                    self.api
-                        .decode_error("GET", &url, "application without id".into())
-                })?;
-                Ok(Some(Application {
+        self.api
+            .get_opt(tenant, &url, |body| {
+                let object_id = body
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or("application without id")?;
+                Ok(Application {
                     object_id: object_id.to_owned(),
                     app_id: body
                         .get("appId")
@@ -67,11 +67,9 @@ impl GraphClient {
                         .unwrap_or(client_id)
                         .to_owned(),
                     display_name: body.get("displayName").and_then(Value::as_str).map(str::to_owned),
-                }))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+                })
+            })
+            .await
     }
 
     fn credentials_url(&self, object_id: &str) -> String {
@@ -83,25 +81,9 @@ impl GraphClient {
 
     /// Every federated credential of the application (pages followed on the same host only).
     pub async fn list(&self, tenant: &str, object_id: &str) -> Result<Vec<FederatedCredential>, AzureError> {
-        let mut url = self.credentials_url(object_id);
-        let mut out = Vec::new();
-        loop {
-            let body = self.api.call(tenant, Method::GET, &url, None).await?;
-            let items = body
-                .get("value")
-                .and_then(Value::as_array)
-                .ok_or_else(|| self.api.decode_error("GET", &url, "list without value".into()))?;
-            for item in items {
-                out.push(parse(item).ok_or_else(|| {
-                    self.api
-                        .decode_error("GET", &url, format!("bad credential {item}"))
-                })?);
-            }
-            match body.get("@odata.nextLink").and_then(Value::as_str) {
-                Some(next) if next.starts_with(&self.api.base) => url = next.to_owned(),
-                _ => return Ok(out),
-            }
-        }
+        self.api
+            .list_all(tenant, self.credentials_url(object_id), "@odata.nextLink", parse)
+            .await
     }
 
     /// One credential by name (or id).
@@ -112,13 +94,11 @@ impl GraphClient {
         name: &str,
     ) -> Result<Option<FederatedCredential>, AzureError> {
         let url = format!("{}/{name}", self.credentials_url(object_id));
-        match self.api.call(tenant, Method::GET, &url, None).await {
-            Ok(body) => parse(&body)
-                .map(Some)
-                .ok_or_else(|| self.api.decode_error("GET", &url, "bad credential".into())),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.api
+            .get_opt(tenant, &url, |body| {
+                parse(body).ok_or_else(|| "bad credential".into())
+            })
+            .await
     }
 
     /// Creates a credential; Graph answers the stored object.

@@ -304,6 +304,52 @@ impl Api {
         self.send(tenant, method, url, body).await.map(|a| a.body)
     }
 
+    /// Every item of the paged list at `url`, each read by `parse`; the next page's link is
+    /// the body's `next_key` and is followed only when it points at this API's base, so a
+    /// forged link cannot send our token elsewhere.
+    pub async fn list_all<T>(
+        &self,
+        tenant: &str,
+        mut url: String,
+        next_key: &str,
+        parse: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, AzureError> {
+        let mut out = Vec::new();
+        loop {
+            let body = self.call(tenant, Method::GET, &url, None).await?;
+            let items = body
+                .get("value")
+                .and_then(Value::as_array)
+                .ok_or_else(|| self.decode_error("GET", &url, "list without value".into()))?;
+            for item in items {
+                out.push(
+                    parse(item)
+                        .ok_or_else(|| self.decode_error("GET", &url, format!("unexpected item {item}")))?,
+                );
+            }
+            match body.get(next_key).and_then(Value::as_str) {
+                Some(next) if next.starts_with(&self.base) => url = next.to_owned(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The object at `url` read by `parse`; `None` when the API answers 404.
+    pub async fn get_opt<T>(
+        &self,
+        tenant: &str,
+        url: &str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<Option<T>, AzureError> {
+        match self.call(tenant, Method::GET, url, None).await {
+            Ok(body) => parse(&body)
+                .map(Some)
+                .map_err(|reason| self.decode_error("GET", url, reason)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// An answer that does not have the expected shape; names the path without base or query.
     pub fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
         AzureError::Decode {

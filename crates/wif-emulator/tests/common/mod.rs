@@ -15,7 +15,7 @@ use std::{
 use axum::{Json, Router, extract::State, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use ring::{
     rand::SystemRandom,
     signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair},
@@ -426,6 +426,35 @@ impl Env {
             .mint_token(TENANT, CONTROLLER_APP_ID, resource)
             .await
             .expect("mint")
+    }
+
+    /// `method url` with a bearer token and an optional JSON body: the status and the JSON body
+    /// (`Null` when empty).
+    pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, url).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, body)
+    }
+
+    /// `GET url` with a bearer token, for tests that read headers.
+    pub async fn get(&self, url: &str, token: &str) -> reqwest::Response {
+        self.http.get(url).bearer_auth(token).send().await.expect("send")
     }
 
     pub fn graph(&self, path: &str) -> String {
