@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod propagation;
+pub mod reasons;
 pub mod reconcile;
 pub mod service_account;
 
