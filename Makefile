@@ -41,8 +41,8 @@ $(VENV)/.installed: requirements-test.txt
 	touch $@
 
 .PHONY: unit
-unit: venv ## unit, property, HTTP-level and emulator tests (incl. Python azure-identity)
-	cargo test --workspace --exclude wif-e2e
+unit: venv helm ## unit, property, HTTP-level and emulator tests, incl. those needing Python azure-identity or helm
+	cargo test --workspace --exclude wif-e2e -- --include-ignored
 	cargo test -p wif-exchange --features azure_core --test azure_core
 
 .PHONY: build
@@ -60,7 +60,7 @@ controlplane: ## build (or reuse) the Go test control plane
 .PHONY: e2e
 e2e: build controlplane ## end-to-end tests through a real kube-apiserver
 	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
-	  cargo test -p wif-e2e -- --test-threads=2
+	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
 
 .PHONY: bench
 bench: bench-controller ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json
