@@ -30,6 +30,11 @@ lint: ## cargo fmt --check and clippy -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: deny
+deny: ## cargo-deny: licences, duplicate versions, sources (advisories need a network database: not run)
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+	cargo deny check licenses bans sources
+
 VENV := $(CACHE)/venv
 export WIF_PYTHON ?= $(VENV)/bin/python
 

@@ -14,8 +14,6 @@
 //!
 //! [`run`] wires it all and runs until cancelled.
 
-#![deny(missing_docs)]
-
 pub mod admin;
 pub mod azure;
 pub mod conditions;
