@@ -85,7 +85,7 @@ on_client() { taskset -c "$client_cpu" "$@"; }
 logged_addr() { # log field → address once the webhook has logged it
   for _ in $(seq 1 600); do
     local a
-    a=$(grep -m1 '"webhook listening"' "$1" 2>/dev/null | jq -r ".fields.$2 // empty" 2>/dev/null || true)
+    a=$(grep -m1 '"webhook listening"' "$1" 2>/dev/null | jq -r ".$2 // empty" 2>/dev/null || true)
     [[ -n $a ]] && { echo "$a"; return 0; }
     sleep 0.1
   done

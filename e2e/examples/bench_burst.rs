@@ -329,6 +329,11 @@ async fn main() {
         "benchmark": "pod-creation burst through kube-apiserver: no webhook, wif over HTTP/1.1, wif over HTTP/2",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "wif_bin": wif_e2e::wif_bin().display().to_string(),
+        "build": if wif_e2e::wif_bin().display().to_string().contains("/debug/") {
+            "debug: figures of latency and CPU are pessimistic; use `make` (release)"
+        } else {
+            "release"
+        },
         "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "note": "client-side latency of POST pods through the API server (admission chain, etcd write); \

@@ -187,7 +187,7 @@ async fn measure(dir: &std::path::Path, kubeconfig: &std::path::Path) -> Value {
                 .filter(|l| l.contains("webhook listening"))
                 .find_map(|l| {
                     let v: Value = serde_json::from_str(l).ok()?;
-                    v["fields"]["admin"].as_str().map(str::to_owned)
+                    v["admin"].as_str().map(str::to_owned)
                 });
         }
         if let Some(a) = &admin
@@ -282,6 +282,11 @@ async fn main() {
         "benchmark": "wif webhook memory and start-up against the number of ServiceAccounts",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "wif_bin": wif_e2e::wif_bin().display().to_string(),
+        "build": if wif_e2e::wif_bin().display().to_string().contains("/debug/") {
+            "debug: figures of latency and CPU are pessimistic; use `make` (release)"
+        } else {
+            "release"
+        },
         "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "service_accounts": format!("one in {} has azure.workload.identity/client-id; all have 2 labels and an unrelated annotation", args.wif_every),
