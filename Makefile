@@ -68,17 +68,31 @@ e2e: build controlplane ## end-to-end tests through a real kube-apiserver
 	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
 
 .PHONY: bench
-bench: bench-controller ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json
+bench: bench-controller bench-memory ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json
 	scripts/bench-webhook.sh
 	cargo bench -p wif-webhook --bench mutate -- --noplot
 	cargo bench -p wif-exchange --bench exchange -- --noplot
 	cargo run --release -p wif-exchange --example bench_exchange
 
 .PHONY: bench-controller
-bench-controller: release controlplane ## controller: 1000 bindings, 50 identities, 50 ms + 5 % 429; BENCH_STEADY_SECONDS (300)
+bench-controller: release controlplane ## controller: BENCH_BINDINGS (1000) over BENCH_IDENTITIES (50), 50 ms + 5 % 429; BENCH_STEADY_SECONDS (300)
 	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
 	  cargo run --release -p wif-e2e --example bench_controller -- \
-	  --steady-seconds $${BENCH_STEADY_SECONDS:-300} --out bench/results/controller.json
+	  --bindings $${BENCH_BINDINGS:-1000} --identities $${BENCH_IDENTITIES:-50} \
+	  --steady-seconds $${BENCH_STEADY_SECONDS:-300} \
+	  --out $${BENCH_OUT:-bench/results/controller.json}
+
+.PHONY: bench-burst
+bench-burst: release controlplane ## 2000 labelled pods by 50 clients through kube-apiserver: no webhook, wif HTTP/1.1, wif HTTP/2
+	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+	  cargo run --release -p wif-e2e --example bench_burst -- \
+	  --pods $${BENCH_PODS:-2000} --clients $${BENCH_CLIENTS:-50} --out bench/results/burst.json
+
+.PHONY: bench-memory
+bench-memory: release controlplane ## webhook RSS and ready time with 0, 10,000 and 100,000 ServiceAccounts
+	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+	  cargo run --release -p wif-e2e --example bench_memory -- \
+	  --counts $${BENCH_SA_COUNTS:-0,10000,100000} --out bench/results/memory.json
 
 .PHONY: fuzz
 fuzz: ## fuzz the admission decoder + mutation for FUZZ_SECONDS (default 60)

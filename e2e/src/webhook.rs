@@ -23,6 +23,10 @@ pub struct WebhookOptions {
     pub tenant_id: String,
     /// `--cloud`.
     pub cloud: String,
+    /// More flags (limits, `--http2=false`).
+    pub args: Vec<String>,
+    /// `--log-level`.
+    pub log_level: String,
 }
 
 impl Default for WebhookOptions {
@@ -30,6 +34,8 @@ impl Default for WebhookOptions {
         Self {
             tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
             cloud: "AzurePublicCloud".into(),
+            args: Vec::new(),
+            log_level: "info,wif_webhook=debug".into(),
         }
     }
 }
@@ -151,7 +157,8 @@ impl WebhookProcess {
             .args(["--tenant-id", &opts.tenant_id, "--cloud", &opts.cloud])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(cert_args)
-            .args(["--log-level", "info,wif_webhook=debug"])
+            .args(&opts.args)
+            .args(["--log-level", &opts.log_level])
             .env("KUBECONFIG", &ns.cp.kubeconfig)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

@@ -1,7 +1,8 @@
 //! Helpers of `make bench` (scripts/bench-webhook.sh):
 //!
 //! - `bench_tls certs DIR`: writes a CA and a serving certificate for 127.0.0.1 into DIR;
-//! - `bench_tls bare ADDR DIR [ANSWER]`: the same HTTPS transport as the webhook (axum +
+//! - `bench_tls bare ADDR DIR [ANSWER]` (ADDR may have port 0; the bound address is printed as
+//!   `listening on ADDR`): the same HTTPS transport as the webhook (axum +
 //!   tokio-rustls + hyper, `server::serve_tls`, the same body limit) that reads each request body
 //!   and answers with one fixed AdmissionReview without decoding anything: the ceiling any
 //!   admission webhook on this transport can reach. `ANSWER` is a file holding the answer
@@ -78,6 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }),
             );
             let listener = tokio::net::TcpListener::bind(addr).await?;
+            // `make bench` binds port 0 and reads the address from here.
+            println!("listening on {}", listener.local_addr()?);
             let stop = CancellationToken::new();
             let signal = stop.clone();
             tokio::spawn(async move {

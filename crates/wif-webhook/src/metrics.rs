@@ -1,6 +1,6 @@
 //! Prometheus metrics of the admission server. Labels are bounded enums, never object names.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, atomic::AtomicI64};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -83,5 +83,120 @@ impl Metrics {
     pub fn observe(&self, outcome: Outcome, seconds: f64) {
         self.requests.get_or_create(&OutcomeLabels { outcome }).inc();
         self.latency.observe(seconds);
+    }
+}
+
+/// The protocol a client chose in the TLS handshake (ALPN).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Protocol {
+    /// `h2`: HTTP/2, many requests multiplexed on one connection.
+    H2,
+    /// `http/1.1`.
+    Http1,
+    /// No ALPN offered; the protocol is recognised from the first bytes.
+    NoAlpn,
+}
+
+/// How a TLS handshake ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Handshake {
+    /// Completed.
+    Ok,
+    /// Refused or broken by either side.
+    Failed,
+    /// Not completed within the handshake timeout.
+    TimedOut,
+}
+
+/// Label set of the per-protocol connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// See [`Protocol`].
+    pub protocol: Protocol,
+}
+
+/// Label set of the handshake counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// See [`Handshake`].
+    pub result: Handshake,
+}
+
+/// Metrics of the admission listener's connections and load shedding. `Default` gives metrics
+/// that are counted but not registered (servers without a `/metrics`, tests).
+#[derive(Debug, Default)]
+pub struct ConnMetrics {
+    /// Connections open now (TLS established), by protocol.
+    pub open_connections: Family<ProtocolLabels, Gauge<i64, AtomicI64>>,
+    /// Connections accepted since start, by negotiated protocol.
+    pub connections: Family<ProtocolLabels, Counter>,
+    /// TLS handshakes by result.
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Admission requests being handled now.
+    pub in_flight: Gauge<i64, AtomicI64>,
+    /// Admission requests answered 429 because no slot freed in time.
+    pub shed: Counter,
+}
+
+impl ConnMetrics {
+    /// Creates the metrics and registers them under the `wif_webhook` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("wif_webhook");
+        r.register(
+            "open_connections",
+            "Admission connections open now (TLS established), by negotiated protocol",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "connections",
+            "Admission connections accepted, by the protocol negotiated in TLS (ALPN)",
+            m.connections.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes on the admission listener, by result",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Admission requests being handled now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "shed_requests",
+            "Admission requests answered 429 (overloaded) because no slot freed in time",
+            m.shed.clone(),
+        );
+        m
+    }
+
+    /// Counts one handshake.
+    pub fn handshake(&self, result: Handshake) {
+        self.handshakes.get_or_create(&HandshakeLabels { result }).inc();
+    }
+
+    /// Counts a connection as open until the returned guard drops.
+    pub fn open(self: &Arc<Self>, protocol: Protocol) -> OpenConnection {
+        let labels = ProtocolLabels { protocol };
+        self.connections.get_or_create(&labels).inc();
+        self.open_connections.get_or_create(&labels).inc();
+        OpenConnection {
+            metrics: self.clone(),
+            labels,
+        }
+    }
+}
+
+/// An open connection, counted in [`ConnMetrics::open_connections`] while it lives.
+#[derive(Debug)]
+pub struct OpenConnection {
+    metrics: Arc<ConnMetrics>,
+    labels: ProtocolLabels,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.open_connections.get_or_create(&self.labels).dec();
     }
 }

@@ -13,7 +13,7 @@ use wif_api::MutationConfig;
 
 use crate::{
     admission::AdmissionState,
-    metrics::Metrics,
+    metrics::{ConnMetrics, Metrics},
     selfcert::{SelfManaged, SelfManagedError},
     server::{self, Limits},
     service_accounts::ServiceAccountCache,
@@ -113,6 +113,7 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let conn_metrics = Arc::new(ConnMetrics::new(&mut registry));
     let registry = Arc::new(Mutex::new(registry));
     let state = AdmissionState {
         config: Arc::new(mutation),
@@ -145,15 +146,19 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
         server::admin_router(registry, ready, before_scrape),
         stop.clone(),
     ));
-    server::serve_tls(
-        admission,
-        store,
+    let router = server::shed_load(
         server::admission_router(state, &limits)
             .merge(crate::validate::router(validation, limits.max_body_bytes)),
-        limits,
-        stop,
-    )
-    .await;
+        &limits,
+        conn_metrics.clone(),
+    );
+    tracing::info!(
+        http2 = limits.http2,
+        h2_max_concurrent_streams = limits.h2_max_concurrent_streams,
+        max_in_flight = limits.max_in_flight,
+        "admission limits"
+    );
+    server::serve_tls_metered(admission, store, router, limits, conn_metrics, stop).await;
     match admin_task.await {
         Ok(result) => result?,
         Err(error) => tracing::warn!(%error, "admin server task failed"),

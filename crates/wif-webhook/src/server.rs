@@ -2,8 +2,11 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -11,38 +14,59 @@ use axum::{
     body::Body,
     extract::{DefaultBodyLimit, State},
     http::{Request, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
 };
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
     admission::{AdmissionState, ReviewError, handle},
+    metrics::{ConnMetrics, Handshake, Protocol},
     tls::CertStore,
 };
 
-/// Limits of the admission listener.
+/// Limits of the admission listener. Every one bounds memory or time a client can hold; the
+/// README's "Limits" table explains each default.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
     /// Time allowed for a TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time allowed to read request headers.
+    /// Time allowed to read request headers (HTTP/1.1; also how long an idle keep-alive
+    /// connection may wait for its next request).
     pub header_timeout: Duration,
     /// Time allowed for a whole request.
     pub request_timeout: Duration,
     /// Time given to in-flight requests on shutdown.
     pub drain_timeout: Duration,
+    /// Offer HTTP/2 in ALPN (`h2`, then `http/1.1`); when false only `http/1.1` is offered.
+    pub http2: bool,
+    /// HTTP/2: streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header block accepted, bytes (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: interval of keep-alive PINGs; a peer that does not answer within
+    /// `h2_keep_alive_timeout` is disconnected.
+    pub h2_keep_alive_interval: Duration,
+    /// HTTP/2: time allowed for a PING's answer.
+    pub h2_keep_alive_timeout: Duration,
+    /// A connection (HTTP/2) with no request in flight for this long is closed with GOAWAY.
+    pub idle_timeout: Duration,
+    /// Admission requests handled at once, over all connections; more wait for a slot.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a slot before it is shed with 429 and `Retry-After`.
+    pub queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -54,9 +78,28 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(25),
+            http2: true,
+            // Go's HTTP/2 server default; the API server opens another connection beyond it.
+            h2_max_concurrent_streams: 250,
+            // A review's headers are a few hundred bytes.
+            h2_max_header_list_bytes: 16 * 1024,
+            h2_keep_alive_interval: Duration::from_secs(30),
+            h2_keep_alive_timeout: Duration::from_secs(10),
+            // Below the API server's idle-connection timeout (90 s), so the webhook ends idle
+            // connections with a GOAWAY rather than the API server finding them dead.
+            idle_timeout: Duration::from_secs(60),
+            // Two cores answer a review in ~50 µs; 256 at once saturate them many times over.
+            max_in_flight: 256,
+            // Well inside the API server's webhook timeout (10 s by default), which then retries
+            // the 429 after `Retry-After`.
+            queue_timeout: Duration::from_secs(2),
         }
     }
 }
+
+/// HTTP/2 flow-control windows: a connection holds at most this much unread request data.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// The admission router: `POST /mutate-v1-pod` plus any extra routes (the validating endpoint).
 pub fn admission_router(state: AdmissionState, limits: &Limits) -> Router {
@@ -86,8 +129,84 @@ pub fn admission_router(state: AdmissionState, limits: &Limits) -> Router {
         .with_state(state)
 }
 
+#[derive(Clone)]
+struct Shedder {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// Requests waiting for a slot now; at `max` (as many as there are slots) more are shed at
+    /// once, so a burst costs a few bytes per extra stream rather than a waiting task each.
+    waiting: Arc<AtomicUsize>,
+    queue_timeout: Duration,
+    metrics: Arc<ConnMetrics>,
+}
+
+/// Wraps `router` so that at most `limits.max_in_flight` requests are handled at once and as many
+/// again wait for a slot. A request that finds the queue full, or no slot within
+/// `limits.queue_timeout`, is answered with 429, a
+/// `Retry-After` and a Kubernetes `Status` saying the webhook is overloaded: the API server's
+/// client retries it after that delay, and if it still cannot get through the user reads that
+/// message instead of a timeout. A waiting request has not read its body, so waiting costs no
+/// more than HTTP/2's flow-control window.
+pub fn shed_load(router: Router, limits: &Limits, metrics: Arc<ConnMetrics>) -> Router {
+    let shedder = Shedder {
+        slots: Arc::new(Semaphore::new(limits.max_in_flight)),
+        max: limits.max_in_flight,
+        waiting: Arc::default(),
+        queue_timeout: limits.queue_timeout,
+        metrics,
+    };
+    router.layer(axum::middleware::from_fn_with_state(shedder, shed))
+}
+
+async fn shed(State(s): State<Shedder>, req: Request<Body>, next: Next) -> Response {
+    let slot = match s.slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max => {
+            s.waiting.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+        Err(_) => {
+            let slot = tokio::time::timeout(s.queue_timeout, s.slots.clone().acquire_owned()).await;
+            s.waiting.fetch_sub(1, Ordering::AcqRel);
+            slot.ok().and_then(Result::ok)
+        }
+    };
+    let Some(slot) = slot else {
+        s.metrics.shed.inc();
+        tracing::debug!(max_in_flight = s.max, queue_timeout = ?s.queue_timeout, "overloaded: admission request shed");
+        return overloaded(s.max, s.queue_timeout);
+    };
+    s.metrics.in_flight.inc();
+    let response = next.run(req).await;
+    s.metrics.in_flight.dec();
+    drop(slot);
+    response
+}
+
+/// The answer to a shed request: a `Status` the API server's client reads as the error.
+pub fn overloaded(max: usize, waited: Duration) -> Response {
+    let message = format!(
+        "wif webhook overloaded: {max} admission requests already in flight and no slot freed \
+         within {waited:?}; retry"
+    );
+    let status = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "message": message,
+        "reason": "TooManyRequests",
+        "code": 429,
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(status),
+    )
+        .into_response()
+}
+
 /// Serves `router` over TLS on `listener` until `stop`, then stops accepting and waits up to
-/// `limits.drain_timeout` for in-flight requests.
+/// `limits.drain_timeout` for in-flight requests. Connection metrics are not registered.
 pub async fn serve_tls(
     listener: TcpListener,
     certs: Arc<CertStore>,
@@ -95,12 +214,83 @@ pub async fn serve_tls(
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(certs.server_config());
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    serve_tls_metered(listener, certs, router, limits, Arc::default(), stop).await;
+}
+
+/// Requests in flight on one connection and when the last one ended, for the idle timeout.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+
+    /// When the connection last became idle (`opened` if it never had a request); `None` while
+    /// a request is in flight.
+    fn idle_since(&self, opened: Instant) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            self.last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or(opened),
+        )
+    }
+}
+
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// [`serve_tls`] updating `metrics`: open connections and TLS handshakes, by negotiated protocol.
+pub async fn serve_tls_metered(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    router: Router,
+    limits: Limits,
+    metrics: Arc<ConnMetrics>,
+    stop: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(certs.server_config(limits.http2));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_timeout)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        // Rapid-reset (CVE-2023-44487) bounds, hyper's defaults made explicit.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
+    let builders = Arc::new(Builders {
+        h1: http.clone().http1_only(),
+        h2: http.clone().http2_only(),
+        sniff: http,
+    });
+    // Each connection task holds a receiver; `closed()` resolves when the last one has ended.
+    let (drained, connections) = tokio::sync::watch::channel(());
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -116,36 +306,97 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let http = http.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
+        let router = router.clone();
+        let builders = builders.clone();
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        let connection = connections.clone();
+        let (handshake_timeout, idle_timeout) = (limits.handshake_timeout, limits.idle_timeout);
         tokio::spawn(async move {
+            let _connection = connection;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
+                    metrics.handshake(Handshake::Failed);
                     tracing::debug!(%peer, %error, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.handshake(Handshake::TimedOut);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
-            let conn = http.serve_connection(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            metrics.handshake(Handshake::Ok);
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::H2,
+                Some(_) => Protocol::Http1,
+                None => Protocol::NoAlpn,
+            };
+            let _open = metrics.open(protocol);
+            let activity = Arc::new(Activity::default());
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let guard = activity.begin();
+                    let call = router.clone().oneshot(req.map(Body::new));
+                    async move {
+                        let response = call.await;
+                        drop(guard);
+                        response
+                    }
+                })
+            };
+            let builder = match protocol {
+                Protocol::H2 => &builders.h2,
+                Protocol::Http1 => &builders.h1,
+                Protocol::NoAlpn => &builders.sniff,
+            };
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
+            let opened = Instant::now();
+            let mut closing = false;
+            let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = stop.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !closing => {
+                        if activity.idle_since(opened).is_some_and(|t| t.elapsed() >= idle_timeout) {
+                            tracing::debug!(%peer, ?protocol, "closing idle connection");
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "draining in-flight requests");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    drop(connections);
+    tracing::info!(
+        connections = drained.receiver_count(),
+        "draining in-flight requests"
+    );
+    if tokio::time::timeout(limits.drain_timeout, drained.closed())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    sniff: auto::Builder<TokioExecutor>,
 }
 
 /// Readiness, as seen by `/readyz`.

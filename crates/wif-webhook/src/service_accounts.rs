@@ -5,6 +5,13 @@
 //! bytes, where a full `ObjectMeta` in kube's reflector store is several times that. A pod
 //! created right after its ServiceAccount can arrive before the watch event, so a miss asks the
 //! API server once, with a short timeout.
+//!
+//! Only ServiceAccounts that carry an `azure.workload.identity/` key are kept: on a big cluster
+//! most ServiceAccounts have nothing to do with wif, and the cache should not grow with them. A
+//! labelled pod whose ServiceAccount has no wif key (a misconfiguration the answer warns about)
+//! is looked up on the API server like a miss. The initial list arrives in pages
+//! ([`LIST_PAGE_SIZE`] objects each), and each object is reduced as it arrives, so the full list
+//! is never held in memory.
 
 use std::{
     collections::HashMap,
@@ -100,6 +107,9 @@ impl Index {
     }
 }
 
+/// Objects per page of the initial (and any re-) list of ServiceAccounts.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
 /// Applies watcher events to a shared [`Index`]. A relist is collected aside and swapped in
 /// whole when it is complete, so readers never see a half-listed cache.
 #[derive(Default)]
@@ -115,7 +125,10 @@ impl Reflector {
             Event::Init => self.relist = Some(Index::default()),
             Event::InitApply(sa) => {
                 if let Some(relist) = self.relist.as_mut() {
-                    relist.insert(compact(&sa));
+                    let sa = compact(&sa);
+                    if has_wif_keys(&sa) {
+                        relist.insert(sa);
+                    }
                 }
             }
             Event::InitDone => {
@@ -123,7 +136,18 @@ impl Reflector {
                 *write(&self.live) = done;
                 return true;
             }
-            Event::Apply(sa) => write(&self.live).insert(compact(&sa)),
+            Event::Apply(sa) => {
+                let sa = compact(&sa);
+                if has_wif_keys(&sa) {
+                    write(&self.live).insert(sa);
+                } else {
+                    // Its wif keys were removed (or it never had any): a lookup now asks the API.
+                    write(&self.live).remove(
+                        sa.namespace.as_deref().unwrap_or_default(),
+                        sa.name.as_deref().unwrap_or_default(),
+                    );
+                }
+            }
             Event::Delete(sa) => write(&self.live).remove(
                 sa.metadata.namespace.as_deref().unwrap_or_default(),
                 sa.metadata.name.as_deref().unwrap_or_default(),
@@ -155,6 +179,11 @@ pub fn compact(sa: &PartialObjectMeta<ServiceAccount>) -> CachedServiceAccount {
     MetaView::from(&sa.metadata).into_owned()
 }
 
+/// Whether the webhook has anything to read on this ServiceAccount.
+pub fn has_wif_keys(sa: &CachedServiceAccount) -> bool {
+    !sa.annotations.is_empty() || !sa.labels.is_empty()
+}
+
 /// ServiceAccount metadata by namespace and name, from a watch, with an API read on a miss.
 #[derive(Clone)]
 pub struct ServiceAccountCache {
@@ -177,7 +206,8 @@ impl ServiceAccountCache {
         };
         // `Api<PartialObjectMeta<_>>` lists and watches with metadata-only requests.
         let api: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client);
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        let stream = watcher(api, config).default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
@@ -313,13 +343,15 @@ mod tests {
         assert!(c.labels.is_empty());
     }
 
+    const CID: (&str, &str) = ("azure.workload.identity/client-id", "c");
+
     #[test]
     fn reflector_swaps_a_relist_in_whole_and_applies_changes() {
         let mut r = Reflector::default();
         let index = r.index();
         assert!(!r.apply(Event::Init));
-        assert!(!r.apply(Event::InitApply(sa("a", "one", &[]))));
-        assert!(!r.apply(Event::InitApply(sa("a", "two", &[]))));
+        assert!(!r.apply(Event::InitApply(sa("a", "one", &[CID]))));
+        assert!(!r.apply(Event::InitApply(sa("a", "two", &[CID]))));
         assert!(read(&index).is_empty(), "a relist is invisible until done");
         assert!(r.apply(Event::InitDone));
         assert_eq!(read(&index).len(), 2);
@@ -341,17 +373,52 @@ mod tests {
             Some("d")
         );
 
-        r.apply(Event::Delete(sa("a", "one", &[])));
+        r.apply(Event::Delete(sa("a", "one", &[CID])));
         assert!(read(&index).get("a", "one").is_none());
         assert_eq!(read(&index).len(), 2);
 
         // A relist after a watch gap drops what was deleted meanwhile.
         r.apply(Event::Init);
-        r.apply(Event::InitApply(sa("b", "three", &[])));
+        r.apply(Event::InitApply(sa("b", "three", &[CID])));
         assert_eq!(read(&index).len(), 2, "old contents served during the relist");
         r.apply(Event::InitDone);
         assert_eq!(read(&index).len(), 1);
         assert!(read(&index).get("a", "two").is_none());
+    }
+
+    #[test]
+    fn only_service_accounts_with_wif_keys_are_cached() {
+        let mut r = Reflector::default();
+        let index = r.index();
+        r.apply(Event::Init);
+        for i in 0..1000 {
+            let name = format!("plain-{i}");
+            r.apply(Event::InitApply(sa("a", &name, &[("team", "x")])));
+        }
+        r.apply(Event::InitApply(sa("a", "wif", &[CID])));
+        r.apply(Event::InitApply(sa(
+            "a",
+            "misspelt",
+            &[("azure.workload.identity/clientid", "c")],
+        )));
+        assert!(r.apply(Event::InitDone));
+        assert_eq!(
+            read(&index).len(),
+            2,
+            "1,000 ServiceAccounts without wif keys cost nothing"
+        );
+        assert!(read(&index).get("a", "plain-7").is_none());
+        assert!(
+            read(&index).get("a", "misspelt").is_some(),
+            "a misspelt wif key is kept, to be explained"
+        );
+
+        // Gaining a key caches it; losing its last key evicts it.
+        r.apply(Event::Apply(sa("a", "plain-7", &[CID])));
+        assert!(read(&index).get("a", "plain-7").is_some());
+        r.apply(Event::Apply(sa("a", "plain-7", &[("team", "y")])));
+        assert!(read(&index).get("a", "plain-7").is_none());
+        assert_eq!(read(&index).len(), 2);
     }
 
     #[tokio::test]

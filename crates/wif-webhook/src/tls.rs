@@ -88,8 +88,9 @@ impl CertStore {
         self.current.load().as_ref().and_then(|k| k.cert.first().cloned())
     }
 
-    /// A rustls server configuration that resolves through this store.
-    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+    /// A rustls server configuration that resolves through this store, offering `h2` (when
+    /// `http2`) and `http/1.1` in ALPN, in that order of preference.
+    pub fn server_config(self: &Arc<Self>, http2: bool) -> Arc<ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -101,7 +102,11 @@ impl CertStore {
                 .with_no_client_auth()
                 .with_cert_resolver(self.clone())
         });
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Arc::new(config)
     }
 }

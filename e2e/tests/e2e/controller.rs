@@ -926,6 +926,7 @@ async fn a_pod_of_a_bound_service_account_gets_an_access_token() {
         WebhookOptions {
             tenant_id: TENANT.into(),
             cloud: s.env.entra.authority_host(),
+            ..WebhookOptions::default()
         },
     )
     .await;

@@ -86,6 +86,24 @@ pub struct WebhookArgs {
     /// Time in-flight requests get on shutdown.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1; `--http2=false` serves HTTP/1.1 only.
+    #[arg(long, env = "WIF_HTTP2", default_value_t = true, action = clap::ArgAction::Set)]
+    http2: bool,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
+    h2_max_concurrent_streams: u32,
+    /// Admission requests handled at once; more wait up to --queue-timeout, then get 429.
+    #[arg(long, env = "WIF_MAX_IN_FLIGHT", default_value_t = Limits::default().max_in_flight)]
+    max_in_flight: usize,
+    /// How long a request waits for a slot before it is shed (429 with Retry-After).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    queue_timeout: Duration,
+    /// Time allowed for a TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// A connection with no request for this long is closed (HTTP/2: GOAWAY).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// Timeout of the API read made when a ServiceAccount is not cached yet.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     miss_timeout: Duration,
@@ -117,6 +135,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         max_body_bytes,
         request_timeout,
         drain_timeout,
+        http2,
+        h2_max_concurrent_streams,
+        max_in_flight,
+        queue_timeout,
+        handshake_timeout,
+        idle_timeout,
         miss_timeout,
         log_level,
         log_format,
@@ -145,10 +169,21 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
             CertSource::SelfManaged(manager)
         }
     };
+    anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
+    anyhow::ensure!(
+        h2_max_concurrent_streams > 0,
+        "--h2-max-concurrent-streams must be at least 1"
+    );
     let limits = Limits {
         max_body_bytes,
         request_timeout,
         drain_timeout,
+        http2,
+        h2_max_concurrent_streams,
+        max_in_flight,
+        queue_timeout,
+        handshake_timeout,
+        idle_timeout,
         ..Limits::default()
     };
     let client = kube::Client::try_default()

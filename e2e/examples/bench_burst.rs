@@ -1,0 +1,358 @@
+//! Pod-creation burst through the real API server (`make bench-burst`): 2,000 labelled pods created
+//! by 50 concurrent clients, in three configurations in one run — no webhook registered, wif
+//! registered serving HTTP/1.1 only, wif registered serving HTTP/2 — each in its own namespace.
+//!
+//! Reports per configuration: pod-creation latency (p50, p99, max) as the clients see it,
+//! failures, and for the webhook its connections by protocol, the most open at once, TLS
+//! handshakes, CPU seconds and peak RSS (from its /metrics and /proc). The machine's load
+//! average is recorded beside each configuration: the figures are only comparable within a run.
+//!
+//! ```text
+//! cargo build --release -p wif
+//! WIF_BIN=$CARGO_TARGET_DIR/release/wif WIF_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh | tail -1) \
+//!   cargo run --release -p wif-e2e --example bench_burst -- --out bench/results/burst.json
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use wif_e2e::{TestNs, WebhookOptions, WebhookProcess, controller::metric_sum};
+
+struct Args {
+    pods: usize,
+    clients: usize,
+    warmup: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        pods: 2000,
+        clients: 50,
+        warmup: 100,
+        out: PathBuf::from("bench/results/burst.json"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--pods" => a.pods = value().parse().unwrap(),
+            "--clients" => a.clients = value().parse().unwrap(),
+            "--warmup" => a.warmup = value().parse().unwrap(),
+            "--out" => a.out = value().into(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(
+        a.clients > 0 && a.pods >= a.clients,
+        "--pods must be at least --clients"
+    );
+    a
+}
+
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"azure.workload.identity/use": "true", "app": "burst"}},
+        "spec": {
+            "serviceAccountName": "api",
+            "containers": [{"name": "app", "image": "registry.example/app:1.0",
+                            "env": [{"name": "MODE", "value": "burst"}]}]
+        }
+    }))
+    .unwrap()
+}
+
+fn loadavg() -> Value {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    json!(v)
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (all threads), from /proc/PID/stat (100 ticks/s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here 11 and 12 after state (field 3).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn metrics(hook: &WebhookProcess) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{}/metrics", hook.admin_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Creates `count` pods named `{prefix}-{i}` with `clients` clients in parallel; returns each
+/// creation's latency in ms and the failures.
+async fn create_pods(ns: &TestNs, prefix: &str, count: usize, clients: usize) -> (Vec<f64>, Vec<String>) {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        // One client (one connection pool) per worker, as separate controllers would be.
+        let client = ns.cp.client().await;
+        let namespace = ns.name.clone();
+        let prefix = prefix.to_owned();
+        let mine: Vec<usize> = (c..count).step_by(clients).collect();
+        tasks.push(tokio::spawn(async move {
+            let pods: kube::Api<Pod> = kube::Api::namespaced(client, &namespace);
+            let mut latencies = Vec::with_capacity(mine.len());
+            let mut failures = Vec::new();
+            for i in mine {
+                let p = pod(&format!("{prefix}-{i}"));
+                let t = Instant::now();
+                match pods.create(&PostParams::default(), &p).await {
+                    Ok(created) => {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        let _ = created;
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        latencies.extend(l);
+        failures.extend(f);
+    }
+    (latencies, failures)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    NoWebhook,
+    Http1,
+    Http2,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Self::NoWebhook => "no_webhook",
+            Self::Http1 => "wif_http1",
+            Self::Http2 => "wif_http2",
+        }
+    }
+}
+
+async fn run(config: Config, args: &Args) -> Value {
+    let ns = TestNs::new(&format!("burst-{}", config.name().replace('_', "-"))).await;
+    ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT_ID)])
+        .await;
+    let hook = match config {
+        Config::NoWebhook => None,
+        Config::Http1 | Config::Http2 => {
+            let mut opts = WebhookOptions {
+                log_level: "warn".into(),
+                ..WebhookOptions::default()
+            };
+            if config == Config::Http1 {
+                opts.args.push("--http2=false".into());
+            }
+            Some(WebhookProcess::start(&ns, opts).await)
+        }
+    };
+    let load_before = loadavg();
+    eprintln!(
+        "bench: {}: warm-up {} pods, then {} pods by {} clients (load {load_before})",
+        config.name(),
+        args.warmup,
+        args.pods,
+        args.clients
+    );
+    let (_, warm_failures) = create_pods(&ns, "warm", args.warmup, args.clients.min(args.warmup)).await;
+    assert!(
+        warm_failures.is_empty(),
+        "warm-up failed: {:?}",
+        &warm_failures[..warm_failures.len().min(3)]
+    );
+
+    let before = match &hook {
+        Some(h) => Some((metrics(h).await, cpu_seconds(h.process.child.id()))),
+        None => None,
+    };
+    // The most connections open at once, sampled while the burst runs.
+    let max_open = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = hook.as_ref().map(|h| {
+        let (max_open, running) = (max_open.clone(), running.clone());
+        let url = format!("http://127.0.0.1:{}/metrics", h.admin_port);
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            for _ in 0..60_000 {
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(r) = http.get(&url).send().await
+                    && let Ok(text) = r.text().await
+                {
+                    let open = metric_sum(&text, "wif_webhook_open_connections", &[]);
+                    max_open.fetch_max(open as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let started = Instant::now();
+    let (mut latencies, failures) = create_pods(&ns, "pod", args.pods, args.clients).await;
+    let seconds = started.elapsed().as_secs_f64();
+    running.store(false, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        s.await.unwrap();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let load_after = loadavg();
+
+    let mut out = json!({
+        "pods": args.pods,
+        "clients": args.clients,
+        "seconds": round3(seconds),
+        "pods_per_second": round3(args.pods as f64 / seconds),
+        "latency_ms": {
+            "p50": round3(percentile(&latencies, 50.0)),
+            "p99": round3(percentile(&latencies, 99.0)),
+            "max": round3(latencies.last().copied().unwrap_or(0.0)),
+            "mean": round3(latencies.iter().sum::<f64>() / latencies.len().max(1) as f64),
+        },
+        "failures": failures.len(),
+        "failure_examples": failures.iter().take(3).collect::<Vec<_>>(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    });
+    if let (Some(hook), Some((before, cpu_before))) = (&hook, before) {
+        let pid = hook.process.child.id();
+        let after = metrics(hook).await;
+        let delta = |name: &str, labels: &[(&str, &str)]| {
+            metric_sum(&after, name, labels) - metric_sum(&before, name, labels)
+        };
+        out["webhook"] = json!({
+            "connections_during_burst": {
+                "h2": delta("wif_webhook_connections_total", &[("protocol", "H2")]),
+                "http1": delta("wif_webhook_connections_total", &[("protocol", "Http1")]),
+            },
+            "connections_since_start": {
+                "h2": metric_sum(&after, "wif_webhook_connections_total", &[("protocol", "H2")]),
+                "http1": metric_sum(&after, "wif_webhook_connections_total", &[("protocol", "Http1")]),
+            },
+            "max_open_connections": max_open.load(Ordering::Relaxed),
+            "open_connections_after": metric_sum(&after, "wif_webhook_open_connections", &[]),
+            "tls_handshakes_during_burst": delta("wif_webhook_tls_handshakes_total", &[("result", "Ok")]),
+            "tls_handshake_failures_during_burst": delta("wif_webhook_tls_handshakes_total", &[("result", "Failed")])
+                + delta("wif_webhook_tls_handshakes_total", &[("result", "TimedOut")]),
+            "admission_requests": delta("wif_webhook_admission_requests_total", &[]),
+            "mutated": delta("wif_webhook_admission_requests_total", &[("outcome", "Mutated")]),
+            "shed": delta("wif_webhook_shed_requests_total", &[]),
+            "cpu_seconds": round3(cpu_seconds(pid) - cpu_before),
+            "peak_rss_mib": round3(proc_status_kib(pid, "VmHWM:") as f64 / 1024.0),
+        });
+    }
+    eprintln!("bench: {}: {}", config.name(), out);
+    drop(hook);
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    wif_e2e::init();
+    let args = parse_args();
+    let mut results = serde_json::Map::new();
+    for config in [Config::NoWebhook, Config::Http1, Config::Http2] {
+        results.insert(config.name().into(), run(config, &args).await);
+    }
+    let p99 = |c: &str| results[c]["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    let added_h1 = round3(p99("wif_http1") - p99("no_webhook"));
+    let added_h2 = round3(p99("wif_http2") - p99("no_webhook"));
+    let failures: u64 = results
+        .values()
+        .map(|r| r["failures"].as_u64().unwrap_or(0))
+        .sum();
+    let h2_conns = results["wif_http2"]["webhook"]["connections_during_burst"]["h2"]
+        .as_f64()
+        .unwrap_or(f64::MAX)
+        .max(
+            results["wif_http2"]["webhook"]["max_open_connections"]
+                .as_f64()
+                .unwrap_or(f64::MAX),
+        );
+    let report = json!({
+        "benchmark": "pod-creation burst through kube-apiserver: no webhook, wif over HTTP/1.1, wif over HTTP/2",
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "wif_bin": wif_e2e::wif_bin().display().to_string(),
+        "build": if wif_e2e::wif_bin().display().to_string().contains("/debug/") {
+            "debug: figures of latency and CPU are pessimistic; use `make` (release)"
+        } else {
+            "release"
+        },
+        "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "note": "client-side latency of POST pods through the API server (admission chain, etcd write); \
+                 the warm-up pods are not counted; webhook figures are deltas over the measured burst \
+                 except peak RSS and connections_since_start",
+        "configs": results,
+        "p99_added_ms": {"http1": added_h1, "http2": added_h2},
+        "goals": {
+            "p99 added by wif <= 2 ms (HTTP/1.1)": {"figure": added_h1, "met": added_h1 <= 2.0},
+            "p99 added by wif <= 2 ms (HTTP/2)": {"figure": added_h2, "met": added_h2 <= 2.0},
+            "0 failures": {"figure": failures, "met": failures == 0},
+            "HTTP/2: a handful of connections (<= 5)": {"figure": h2_conns, "met": h2_conns <= 5.0},
+        },
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("{text}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&args.out, format!("{text}\n")).unwrap();
+    eprintln!("bench: wrote {}", args.out.display());
+}
