@@ -145,7 +145,8 @@ fn violation(v: Violation) -> ArmError {
 }
 
 /// `404 SubscriptionNotFound`, as ARM answers for a subscription that does not exist or that the
-/// caller cannot see.
+/// caller cannot see (recorded: Azure/azure-cli#33657; `statusCode: 404`:
+/// microsoft/AzureStorageExplorer#5298).
 fn subscription_not_found(id: &str) -> ArmError {
     ArmError::new(
         StatusCode::NOT_FOUND,
@@ -154,7 +155,8 @@ fn subscription_not_found(id: &str) -> ArmError {
     )
 }
 
-/// `404 ResourceGroupNotFound`.
+/// `404 ResourceGroupNotFound` (recorded `Status=404 Code="ResourceGroupNotFound" Message="Resource
+/// group 'XXXRG' could not be found."`: pulumi/pulumi#3891; Azure/azure-cli#22736).
 fn group_not_found(group: &str) -> ArmError {
     ArmError::new(
         StatusCode::NOT_FOUND,
