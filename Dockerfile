@@ -28,17 +28,18 @@ RUN scripts/cargo-skeleton.sh /skeleton
 
 FROM toolchain AS build
 ARG TARGET
+# Without the `emulator` feature: `wif emulator` is for demos and tests, not the image.
 # Dependencies only: this layer is reused while the manifests and the lock file are unchanged.
 COPY --from=skeleton /skeleton/ ./
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --locked --release --target "${TARGET}" -p wif
+    cargo build --locked --release --target "${TARGET}" -p wif --no-default-features
 # Our code; the stubs' build outputs are replaced because the sources are newer.
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 COPY e2e/Cargo.toml ./e2e/Cargo.toml
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     find crates -name '*.rs' -exec touch {} + \
- && cargo build --locked --release --target "${TARGET}" -p wif \
+ && cargo build --locked --release --target "${TARGET}" -p wif --no-default-features \
  && cp "target/${TARGET}/release/wif" /wif \
  && /wif version
 

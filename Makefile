@@ -19,7 +19,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## build and run the whole chain locally, printing each step
+demo: venv-az ## build and run the whole chain locally, printing each step
 	@scripts/demo.sh
 
 .PHONY: test
@@ -39,14 +39,24 @@ VENV := $(CACHE)/venv
 export WIF_PYTHON ?= $(VENV)/bin/python
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Python virtualenv with azure-identity (the real SDK the emulator is checked against)
+venv: $(VENV)/.installed ## Python virtualenv with azure-identity, azure-mgmt-msi, msgraph-sdk (checked against the emulator)
 $(VENV)/.installed: requirements-test.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
+VENV_AZ := $(CACHE)/venv-az
+export WIF_AZ ?= $(VENV_AZ)/bin/az
+
+.PHONY: venv-az
+venv-az: $(VENV_AZ)/.installed ## azure-cli in its own virtualenv (the tests and the demo point az at the emulator)
+$(VENV_AZ)/.installed: requirements-az.txt
+	python3 -m venv $(VENV_AZ)
+	$(VENV_AZ)/bin/pip install --quiet --disable-pip-version-check -r requirements-az.txt
+	touch $@
+
 .PHONY: unit
-unit: venv helm ## unit, property, HTTP-level and emulator tests, incl. those needing Python azure-identity or helm
+unit: venv venv-az helm ## unit, property, HTTP-level and emulator tests, incl. those needing Python (azure-identity, the SDKs, az) or helm
 	cargo test --workspace --exclude wif-e2e -- --include-ignored
 	cargo test -p wif-exchange --features azure_core --test azure_core
 

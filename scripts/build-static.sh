@@ -19,7 +19,8 @@ if ! command -v musl-gcc >/dev/null; then
 fi
 
 start=$(date +%s)
-cargo build --locked --release --target "$target" -p wif >&2
+# The image's binary: without `wif emulator` (a demo/test tool; cargo feature `emulator`).
+cargo build --locked --release --target "$target" -p wif --no-default-features >&2
 bin="${CARGO_TARGET_DIR:-target}/$target/release/wif"
 # Static: no dynamic section, no interpreter.
 if file "$bin" 2>/dev/null | grep -q 'dynamically linked'; then

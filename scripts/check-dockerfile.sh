@@ -26,6 +26,10 @@ grep -qx "ARG RUST_VERSION=$rust" Dockerfile ||
   problem "Dockerfile's RUST_VERSION is not $rust (the toolchain CI builds the static binary with)"
 target=$(sed -n 's/^target=//p' scripts/build-static.sh)
 grep -qx "ARG TARGET=$target" Dockerfile || problem "Dockerfile's TARGET is not $target (scripts/build-static.sh)"
+# `wif emulator` (cargo feature `emulator`) is a demo/test tool: the image and `make static` leave it out.
+for f in Dockerfile scripts/build-static.sh; do
+  grep -q -- '-p wif --no-default-features' "$f" || problem "$f must build wif with --no-default-features (no emulator in the image)"
+done
 last_from=$(grep -n '^FROM ' Dockerfile | tail -1 | cut -d: -f1)
 tail -n +"$last_from" Dockerfile | grep -Eq '^USER (65532|nonroot)' || problem "the final stage does not run as non-root"
 tail -n +"$last_from" Dockerfile | grep -q '^ENTRYPOINT \["/wif"\]' || problem "the final stage's ENTRYPOINT is not /wif"

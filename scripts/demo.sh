@@ -47,6 +47,8 @@ cargo build -p wif 2>&1 | grep -E '^\s*(Compiling wif|Finished|error)' || true
 WIF=${CARGO_TARGET_DIR:-$root/target}/debug/wif
 [[ -x $WIF ]] || die "cargo build failed"
 CP=$(e2e/controlplane/build.sh | tail -1)
+AZ=${WIF_AZ:-$root/.cache/venv-az/bin/az}
+[[ -x $AZ ]] || die "az (azure-cli) not found at $AZ: run make venv-az (or make demo, which does)"
 note "wif: $WIF"
 note "control plane: $CP"
 
@@ -173,6 +175,18 @@ kubectl get -n demo federatedidentitybinding api | sed 's/^/    /'
 note "the credential the controller created in Entra:"
 kubectl get -n demo federatedidentitybinding api -o json | jq -c '.status.credential | {name, issuer, subject, audiences}' | sed 's/^/    /'
 note "the ServiceAccount it annotated: client-id $(kubectl get sa -n demo api -o jsonpath='{.metadata.annotations.azure\.workload\.identity/client-id}')"
+note "the same credential as Azure's own CLI shows it: az, with the local Entra registered as a custom cloud,"
+note "logged in as the controller's app with its ServiceAccount token (az ad app federated-credential list):"
+(
+  export AZURE_CONFIG_DIR=$work/az REQUESTS_CA_BUNDLE=$entra_ca AZURE_CORE_INSTANCE_DISCOVERY=false \
+    AZURE_CORE_COLLECT_TELEMETRY=false AZURE_CORE_ONLY_SHOW_ERRORS=true AZURE_CORE_SURVEY_MESSAGE=false
+  "$AZ" cloud register --name WifEmulator --endpoint-resource-manager "$entra_url/arm" >/dev/null
+  "$AZ" cloud set --name WifEmulator >/dev/null
+  "$AZ" login --service-principal --username "$ctl_client" --tenant "$tenant" \
+    --federated-token "$(cat "$work/ctl-token")" --allow-no-subscriptions >/dev/null
+  "$AZ" ad app federated-credential list --id "$client" --output table \
+    --query '[].{Name:name, Issuer:issuer, Subject:subject, Audience:audiences[0]}'
+) | sed 's/^/    /'
 
 bold "6/8 a labelled pod using that ServiceAccount"
 kubectl apply -f examples/pod.yaml

@@ -34,6 +34,14 @@ pub(crate) const ARM_AUDIENCES: &[&str] = &[
 
 pub(crate) type AppState = Arc<App>;
 
+fn own_audiences(public: &[&str], own: &str) -> Vec<String> {
+    public
+        .iter()
+        .map(|a| (*a).to_string())
+        .chain([own.to_string(), format!("{own}/")])
+        .collect()
+}
+
 /// Shared emulator state.
 #[derive(Debug)]
 pub(crate) struct App {
@@ -92,6 +100,17 @@ impl App {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut settings);
         settings.clone()
+    }
+
+    /// Audiences Graph accepts: Microsoft Graph's, and the emulator's own Graph URL (the
+    /// `microsoftGraphResourceId` of its cloud metadata, which `az` asks tokens for).
+    pub(crate) fn graph_audiences(&self) -> Vec<String> {
+        own_audiences(GRAPH_AUDIENCES, &format!("{}/graph", self.base_url))
+    }
+
+    /// Audiences ARM accepts: Azure Resource Manager's, and the emulator's own ARM URL.
+    pub(crate) fn arm_audiences(&self) -> Vec<String> {
+        own_audiences(ARM_AUDIENCES, &format!("{}/arm", self.base_url))
     }
 
     /// The issuer of tokens for a tenant: `{base}/{tenant}/v2.0`.

@@ -1,5 +1,13 @@
 //! ARM under `/arm/…` (mirroring `https://management.azure.com`): user-assigned managed identities
-//! and their federated identity credentials (`Microsoft.ManagedIdentity`).
+//! and their federated identity credentials (`Microsoft.ManagedIdentity`), the subscriptions and
+//! resource groups they live in, and the anonymous cloud metadata `az cloud register` reads.
+//!
+//! - `GET /metadata/endpoints?api-version=…` (no token): the cloud's endpoints, all pointing at the
+//!   emulator (login endpoint, ARM, `microsoftGraphResourceId` = its `/graph/`).
+//! - `GET /subscriptions`, `GET /subscriptions/{id}`: the caller's tenant's subscriptions;
+//!   `GET /subscriptions/{id}/resourcegroups[/{rg}]`, `PUT …/resourcegroups/{rg}`.
+//! - Any request under a subscription the directory does not have answers `404
+//!   SubscriptionNotFound`; under a resource group it does not have, `404 ResourceGroupNotFound`.
 //!
 //! `…/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities[/{name}[/federatedIdentityCredentials[/{fic}]]]`
 //! with `GET`, `PUT`, `DELETE` (and list). Every request needs a supported `api-version`. Credential
@@ -19,10 +27,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::{
-    app::{ARM_AUDIENCES, App, AppState},
+    app::{App, AppState},
     auth::{BearerError, Caller, utc, verify_bearer},
     credentials::{self, Credential, Violation},
-    state::{Identity, PersistFailed, is_guid, now_ms},
+    state::{Identity, PersistFailed, ResourceGroup, Subscription, is_guid, now_ms, valid_group_name},
     wire::{ArmError, path_segments},
 };
 
@@ -52,7 +60,7 @@ impl From<PersistFailed> for ArmError {
     }
 }
 
-fn auth_error(err: BearerError) -> ArmError {
+fn auth_error(err: BearerError, allowed: &[String]) -> ArmError {
     match err {
         BearerError::Missing => ArmError::unauthorized(
             "AuthenticationFailed",
@@ -79,7 +87,12 @@ fn auth_error(err: BearerError) -> ArmError {
         BearerError::Audience(aud) => ArmError::unauthorized(
             "InvalidAuthenticationTokenAudience",
             format!(
-                "The access token has been obtained for wrong audience or resource '{aud}'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'."
+                "The access token has been obtained for wrong audience or resource '{aud}'. It should exactly match with one of the allowed audiences {}.",
+                allowed
+                    .iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         ),
         BearerError::Issuer(iss) => ArmError::unauthorized(
@@ -129,6 +142,27 @@ fn violation(v: Violation) -> ArmError {
             "Too many Federated Identity Credentials. A managed identity can have at most {max} Federated Identity Credentials."
         )),
     }
+}
+
+/// `404 SubscriptionNotFound`, as ARM answers for a subscription that does not exist or that the
+/// caller cannot see (recorded: Azure/azure-cli#33657; `statusCode: 404`:
+/// microsoft/AzureStorageExplorer#5298).
+fn subscription_not_found(id: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "SubscriptionNotFound",
+        format!("The subscription '{id}' could not be found."),
+    )
+}
+
+/// `404 ResourceGroupNotFound` (recorded `Status=404 Code="ResourceGroupNotFound" Message="Resource
+/// group 'XXXRG' could not be found."`: pulumi/pulumi#3891; Azure/azure-cli#22736).
+fn group_not_found(group: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceGroupNotFound",
+        format!("Resource group '{group}' could not be found."),
+    )
 }
 
 fn identity_not_found(group: &str, name: &str) -> ArmError {
@@ -282,27 +316,32 @@ async fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ArmError> {
-    let caller = verify_bearer(app, headers, ARM_AUDIENCES).map_err(auth_error)?;
-    let path = uri.path().strip_prefix("/arm").unwrap_or_default().to_owned();
     let segments = path_segments(uri.path(), "/arm");
-    let target = parse_target(&segments)?;
     let query: Map<String, Value> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
         .collect();
-    let api_version = check_api_version(&query)?;
-    // A subscription belongs to one tenant: the one of its identities, else the caller's.
-    let owner = app
-        .store
-        .read(|s| {
-            s.subscription_tenant(&target.scope().subscription)
-                .map(str::to_string)
-        })
-        .await;
-    if let Some(owner) = owner
-        && !owner.eq_ignore_ascii_case(&caller.tenant_id)
-    {
-        return Err(wrong_tenant(&caller, &app.base_url, &owner));
+    let literal = |i: usize, text: &str| segments.get(i).is_some_and(|s| s.eq_ignore_ascii_case(text));
+    // Served without a token, as real ARM serves it: `az cloud register` reads it anonymously.
+    if segments.len() == 2 && literal(0, "metadata") && literal(1, "endpoints") {
+        return if *method == Method::GET {
+            Ok(Json(cloud_metadata(&app.base_url)).into_response())
+        } else {
+            Err(method_not_allowed(method))
+        };
     }
+    let audiences = app.arm_audiences();
+    let allowed: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let caller = verify_bearer(app, headers, &allowed).map_err(|e| auth_error(e, &audiences))?;
+    if literal(0, "subscriptions")
+        && (segments.len() <= 2 || (literal(2, "resourceGroups") && segments.len() <= 4))
+    {
+        let api_version = check_any_api_version(&query)?;
+        return subscriptions(app, &caller, method, &segments, api_version, body).await;
+    }
+    let path = uri.path().strip_prefix("/arm").unwrap_or_default().to_owned();
+    let target = parse_target(&segments)?;
+    let api_version = check_api_version(&query)?;
+    check_scope(app, &caller, target.scope()).await?;
     let ctx = Ctx {
         app,
         caller,
@@ -325,12 +364,267 @@ async fn dispatch(
         (Method::DELETE, Target::Credential(scope, name, fic)) => {
             delete_credential(&ctx, &scope, &name, &fic).await
         }
-        (method, _) => Err(ArmError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("The requested method '{method}' is not allowed for this resource."),
-        )),
+        (method, _) => Err(method_not_allowed(&method)),
     }
+}
+
+fn method_not_allowed(method: &Method) -> ArmError {
+    ArmError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("The requested method '{method}' is not allowed for this resource."),
+    )
+}
+
+/// The subscription must exist and belong to the caller's tenant (a subscription of another
+/// tenant answers `401 InvalidAuthenticationTokenTenant`, naming the right authority), and the
+/// resource group must exist in it.
+async fn check_scope(app: &App, caller: &Caller, scope: &Scope) -> Result<(), ArmError> {
+    let found = app
+        .store
+        .read(|s| {
+            s.subscription(&scope.subscription)
+                .map(|(t, sub)| (t.id.clone(), sub.group(&scope.group).is_some()))
+        })
+        .await;
+    let Some((owner, group_exists)) = found else {
+        return Err(subscription_not_found(&scope.subscription));
+    };
+    if !owner.eq_ignore_ascii_case(&caller.tenant_id) {
+        return Err(wrong_tenant(caller, &app.base_url, &owner));
+    }
+    if !group_exists {
+        return Err(group_not_found(&scope.group));
+    }
+    Ok(())
+}
+
+/// `api-version` for the subscription and resource group APIs (Microsoft.Resources): required and
+/// date-shaped; every date is served.
+fn check_any_api_version(query: &Map<String, Value>) -> Result<String, ArmError> {
+    let Some(version) = query.get("api-version").and_then(Value::as_str) else {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        ));
+    };
+    let date = version.strip_suffix("-preview").unwrap_or(version);
+    if date.len() == 10 && jiff::civil::Date::strptime("%Y-%m-%d", date).is_ok() {
+        Ok(version.to_string())
+    } else {
+        Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            format!("The api-version '{version}' is invalid."),
+        ))
+    }
+}
+
+/// The body of `GET /metadata/endpoints?api-version=2022-09-01`: the emulator's own cloud, in the
+/// shape Azure's public cloud publishes (read by `az cloud register --endpoint-resource-manager`).
+pub(crate) fn cloud_metadata(base: &str) -> Value {
+    let host = url::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    json!({
+        "portal": format!("{base}/portal"),
+        "authentication": {
+            "loginEndpoint": format!("{base}/"),
+            "audiences": ["https://management.core.windows.net/", format!("{base}/arm/")],
+            "tenant": "common",
+            "identityProvider": "AAD",
+        },
+        "media": format!("{base}/media/"),
+        "graphAudience": format!("{base}/graph/"),
+        "graph": format!("{base}/graph/"),
+        "name": "WifEmulator",
+        "suffixes": {
+            "azureDataLakeStoreFileSystem": host,
+            "acrLoginServer": host,
+            "sqlServerHostname": host,
+            "azureDataLakeAnalyticsCatalogAndJob": host,
+            "keyVaultDns": host,
+            "storage": host,
+            "azureFrontDoorEndpointSuffix": host,
+            "storageSyncEndpointSuffix": host,
+            "mhsmDns": host,
+            "mysqlServerEndpoint": host,
+            "postgresqlServerEndpoint": host,
+            "mariadbServerEndpoint": host,
+            "synapseAnalytics": host,
+            "attestationEndpoint": host,
+        },
+        "batch": format!("{base}/batch/"),
+        "resourceManager": format!("{base}/arm/"),
+        "vmImageAliasDoc": format!("{base}/arm/vmImageAliasDoc"),
+        "activeDirectoryDataLake": format!("{base}/datalake/"),
+        "sqlManagement": format!("{base}/sql/"),
+        "microsoftGraphResourceId": format!("{base}/graph/"),
+        "appInsightsResourceId": format!("{base}/appinsights"),
+        "appInsightsTelemetryChannelResourceId": format!("{base}/appinsights/v2/track"),
+        "attestationResourceId": format!("{base}/attest"),
+        "synapseAnalyticsResourceId": format!("{base}/synapse"),
+        "logAnalyticsResourceId": format!("{base}/loganalytics"),
+        "ossrDbmsResourceId": format!("{base}/ossrdbms"),
+    })
+}
+
+fn subscription_json(tenant_id: &str, s: &Subscription) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}", s.id),
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": s.id,
+        "tenantId": tenant_id,
+        "displayName": s.display_name,
+        "state": "Enabled",
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "PayAsYouGo_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    })
+}
+
+fn group_json(subscription: &str, g: &ResourceGroup) -> Value {
+    json!({
+        "id": format!("/subscriptions/{subscription}/resourceGroups/{}", g.name),
+        "name": g.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": g.location,
+        "properties": { "provisioningState": "Succeeded" },
+    })
+}
+
+/// `/subscriptions[/{id}[/resourcegroups[/{rg}]]]`.
+async fn subscriptions(
+    app: &App,
+    caller: &Caller,
+    method: &Method,
+    segments: &[String],
+    _api_version: String,
+    body: &[u8],
+) -> Result<Response, ArmError> {
+    let tenant_id = caller.tenant_id.clone();
+    if segments.len() == 1 {
+        if *method != Method::GET {
+            return Err(method_not_allowed(method));
+        }
+        let value: Vec<Value> = app
+            .store
+            .read(|s| {
+                s.tenant(&tenant_id)
+                    .map(|t| {
+                        t.subscriptions
+                            .iter()
+                            .map(|sub| subscription_json(&t.id, sub))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .await;
+        let count = value.len();
+        return Ok(
+            Json(json!({ "value": value, "count": { "type": "Total", "value": count } })).into_response(),
+        );
+    }
+    let id = segments[1].clone();
+    // A subscription of another tenant is as invisible as a missing one.
+    let found = app
+        .store
+        .read(|s| {
+            s.subscription(&id)
+                .filter(|(t, _)| t.id.eq_ignore_ascii_case(&tenant_id))
+                .map(|(t, sub)| (t.id.clone(), sub.clone()))
+        })
+        .await;
+    let Some((owner, subscription)) = found else {
+        return Err(subscription_not_found(&id));
+    };
+    match (segments.len(), method.clone()) {
+        (2, Method::GET) => Ok(Json(subscription_json(&owner, &subscription)).into_response()),
+        (3, Method::GET) => {
+            let value: Vec<Value> = subscription
+                .resource_groups
+                .iter()
+                .map(|g| group_json(&subscription.id, g))
+                .collect();
+            Ok(Json(json!({ "value": value })).into_response())
+        }
+        (4, Method::GET) => {
+            let group = subscription
+                .group(&segments[3])
+                .ok_or_else(|| group_not_found(&segments[3]))?;
+            Ok(Json(group_json(&subscription.id, group)).into_response())
+        }
+        (4, Method::PUT) => put_group(app, &owner, &subscription.id, &segments[3], body).await,
+        _ => Err(method_not_allowed(method)),
+    }
+}
+
+async fn put_group(
+    app: &App,
+    tenant_id: &str,
+    subscription: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ArmError> {
+    if !valid_group_name(name) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidResourceGroup",
+            format!(
+                "The provided resource group name '{name}' has these invalid characters: ''. The name can only be a letter, digit, '-', '.', '(', ')' or '_'."
+            ),
+        ));
+    }
+    let map = parse_body(body)?;
+    let location = match map.get("location") {
+        Some(Value::String(l)) if !l.is_empty() => l.clone(),
+        _ => {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "LocationRequired",
+                "The location property is required for this definition.",
+            ));
+        }
+    };
+    let (created, group) = app
+        .store
+        .update(|s| {
+            let sub = s
+                .tenant_mut(tenant_id)
+                .and_then(|t| t.subscriptions.iter_mut().find(|x| x.id.eq_ignore_ascii_case(subscription)))
+                .ok_or_else(|| subscription_not_found(subscription))?;
+            if let Some(group) = sub.resource_groups.iter().find(|g| g.name.eq_ignore_ascii_case(name)) {
+                if !group.location.eq_ignore_ascii_case(&location) {
+                    return Err(ArmError::new(
+                        StatusCode::CONFLICT,
+                        "InvalidResourceGroupLocation",
+                        format!(
+                            "Invalid resource group location '{location}'. The Resource group already exists in location '{}'.",
+                            group.location
+                        ),
+                    ));
+                }
+                return Ok::<_, ArmError>((false, group.clone()));
+            }
+            let group = ResourceGroup {
+                name: name.to_string(),
+                location,
+            };
+            sub.resource_groups.push(group.clone());
+            Ok((true, group))
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(group_json(subscription, &group))).into_response())
 }
 
 fn identity_json(identity: &Identity, tenant_id: &str) -> Value {
@@ -461,7 +755,7 @@ async fn put_identity(ctx: &Ctx<'_>, scope: &Scope, name: &str, body: &[u8]) -> 
             }
             let tenant = s
                 .tenant_mut(&caller_tenant)
-                .ok_or_else(|| auth_error(BearerError::Issuer(ctx.caller.issuer.clone())))?;
+                .ok_or_else(|| auth_error(BearerError::Issuer(ctx.caller.issuer.clone()), &[]))?;
             let identity = Identity {
                 subscription_id: scope.subscription.to_ascii_lowercase(),
                 resource_group: scope.group.clone(),

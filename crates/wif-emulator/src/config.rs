@@ -24,6 +24,12 @@ pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
 ///           - name: kind-wif-controller
 ///             issuer: https://127.0.0.1:6443
 ///             subject: system:serviceaccount:wif-system:wif-controller
+///     subscriptions:
+///       - id: 0b1f6471-1bf0-4dda-aec3-cb9272f09590
+///         displayName: demo
+///         resourceGroups:
+///           - name: demo
+///             location: westeurope
 ///     userAssignedIdentities:
 ///       - subscriptionId: 0b1f6471-1bf0-4dda-aec3-cb9272f09590
 ///         resourceGroup: demo
@@ -92,9 +98,39 @@ pub struct TenantSeed {
     /// App registrations.
     #[serde(default)]
     pub applications: Vec<ApplicationSeed>,
+    /// Azure subscriptions of the tenant and their resource groups (ARM answers
+    /// `SubscriptionNotFound` / `ResourceGroupNotFound` for any other). An identity's
+    /// subscription and resource group are created with it when not listed here.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSeed>,
     /// User-assigned managed identities.
     #[serde(default)]
     pub user_assigned_identities: Vec<IdentitySeed>,
+}
+
+/// An Azure subscription (it belongs to one tenant).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionSeed {
+    /// Subscription id (a GUID).
+    pub id: String,
+    /// Display name; `wif emulator subscription` if absent.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Resource groups.
+    #[serde(default)]
+    pub resource_groups: Vec<ResourceGroupSeed>,
+}
+
+/// A resource group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceGroupSeed {
+    /// Name (1–90 characters: letters, digits, `_`, `-`, `.`, `(`, `)`; not ending in `.`).
+    pub name: String,
+    /// Azure region; `westeurope` if absent.
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// An application registration (with an implicit service principal).

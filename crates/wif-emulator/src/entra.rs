@@ -22,6 +22,45 @@
 //!
 //! A credential created or updated less than the propagation delay ago is not honoured yet: when
 //! only such a credential would match, the answer is `AADSTS70021`.
+//!
+//! ## Where each code, status and `error` class comes from
+//!
+//! "[doc]" is Microsoft's list of AADSTS codes, <https://learn.microsoft.com/entra/identity-platform/reference-error-codes>
+//! (source `MicrosoftDocs/entra-docs: docs/identity-platform/reference-error-codes.md`), which
+//! names codes but not statuses; a recorded response (a GitHub issue quoting the body Entra
+//! sent) gives status and class. Where no public record was found, the line says so and the
+//! emulator follows RFC 6749 §5.2 (`invalid_client` → 401, the rest → 400).
+//!
+//! | code | emulator answers | source |
+//! |---|---|---|
+//! | 900023 | 400 `invalid_request` | recorded 400 `invalid_request`: caddy-dns/azure#3; message: microsoft/Analysis-Services#194 |
+//! | 9001023 | 400 `invalid_request` | [doc] (message verbatim); status/class: no record found (RFC 6749) |
+//! | 90002 | 400 `invalid_request` | [doc] InvalidTenantName; recorded `400 Bad Request`: sjkp/letsencrypt-siteextension#108 |
+//! | 900144 | 400 `invalid_request` | [doc] (message verbatim); [doc] table: missing parameter → `invalid_request` |
+//! | 70003 | 400 `unsupported_grant_type` | [doc] UnsupportedGrantType; [doc] `error` table |
+//! | 70011 | 400 `invalid_scope` | [doc] InvalidScope; [doc] sample error body (`invalid_scope`, 70011) |
+//! | 1002012 | 400 `invalid_scope` | recorded `invalid_scope (AADSTS1002012 …)`: databricks/databricks-sql-nodejs#226; message: microsoftgraph/msgraph-sdk-python#181 |
+//! | 700022 | 400 `invalid_scope` | [doc] InvalidMultipleResourcesScope; class: no record found |
+//! | 700016 | 400 `unauthorized_client` | [doc] UnauthorizedClient_DoesNotMatchRequest; [doc] `error` table (`unauthorized_client`: app not in the tenant) |
+//! | 7000215 | 401 `invalid_client` | [doc]; [doc] `error` table (`invalid_client`: credentials aren't valid) |
+//! | 7000218 | 401 `invalid_client` | [doc]; recorded `invalid_client: 7000218`: Azure-Samples/ms-identity-javascript-v2#18 |
+//! | 90011 | 400 `invalid_request` | recorded `invalid_request` + "Unexpected client assertion type.": AzureAD/azure-activedirectory-library-for-ruby#53 |
+//! | 70025 | 401 `invalid_client` | no public record found; text and class are the emulator's (like the other credential mismatches) |
+//! | 50027 | 400 `invalid_request` | [doc] InvalidJwtToken; class: no record found |
+//! | 70023 | 401 `invalid_client` | recorded `invalid_client` (2023): Azure/azure-sdk-for-python#32124; an older one (2022) was 400 `invalid_request`: MicrosoftDocs/azure-docs#86916 |
+//! | 700024 | 401 `invalid_client` | recorded `invalid_client`: obikuro/Sato#1, dotnet/docker-tools#1310 (MSAL `ErrorCode: invalid_client`) |
+//! | 700211 | 401 `invalid_client` | recorded `invalid_client`: Azure/azure-workload-identity#1200 |
+//! | 90061 | 400 `invalid_request` | recorded `StatusCode: 400`, `invalid_request`: Azure/azure-workload-identity#605, #608 |
+//! | 7000272 | 401 `invalid_client` | recorded `reply status code was 401`, `invalid_client`: Azure/azure-workload-identity#616, #1232 |
+//! | 700027 | 401 `invalid_client` | [doc] (message verbatim); class: [doc] `error` table |
+//! | 700212 | 401 `invalid_client` | no recorded body found; same family and text as 700211 |
+//! | 700213 | 401 `invalid_client` | message: Azure/azure-workload-identity#1200, dotnet/maui#31978; class as 700211 |
+//! | 7002138 | 401 `invalid_client` | message: Azure/login#515; class as the sibling 7002137 (401 `invalid_client`, microsoft/Agents#202) |
+//! | 70021 | 400 `invalid_request` | recorded `reply status code was 400`, `invalid_request`: Azure/azure-workload-identity `docs/book/src/troubleshooting.md` and #616 |
+//! | 900561 | 400 `invalid_request` | [doc] BadResourceRequestInvalidRequest (message verbatim) |
+//! | 90055 | 429 `temporarily_unavailable` (injected) | [doc] TenantThrottlingError; status/class: no record found |
+//! | 50033 | 5xx `temporarily_unavailable` (injected) | [doc] RetryableError; class: [doc] `error` table |
+//! | 50000 | 500 `server_error` | [doc] TokenIssuanceError; class: RFC 6749 |
 
 use std::{collections::HashMap, time::Duration};
 
@@ -448,7 +487,7 @@ async fn validate_assertion(
     // Lifetime.
     let iat = jwt.claim_time("iat");
     if iat.is_none_or(|iat| exp.saturating_sub(iat) > MAX_ASSERTION_LIFETIME) {
-        return Err(AadError::invalid_request(
+        return Err(AadError::invalid_client(
             70023,
             format!(
                 "External OIDC Provider token must have a lifetime of less than or equal to 1.01:00:00. Token issued at {}. Token expires on {exp}.",
@@ -482,12 +521,13 @@ async fn validate_assertion(
             && m.audiences.iter().any(|a| audiences.contains(a))
     };
     let propagating = pending.iter().any(matches_fully);
+    // 400 invalid_request, as recorded (see the module table), unlike the 7002xx mismatches.
     let not_yet_propagated = || {
-        no_match(
+        AadError::invalid_request(
+            70021,
             format!(
                 "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{audience_text}'. {WIF_DOC}"
             ),
-            70021,
         )
     };
 
@@ -575,14 +615,14 @@ async fn validate_assertion(
     if case_only {
         return Err(no_match(
             format!(
-                "No matching federated identity record found for presented assertion subject '{sub}'. The subject matches a federated identity credential subject only when compared case-insensitively; matching is case-sensitive. {WIF_DOC}"
+                "No matching federated identity record found for presented assertion subject '{sub}'. The subject matches with case-insensitive comparison, but not with case-sensitive comparison. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. See documentation at: {WIF_DOC}."
             ),
             7002138,
         ));
     }
     Err(no_match(
         format!(
-            "No matching federated identity record found for presented assertion subject '{sub}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
+            "No matching federated identity record found for presented assertion subject '{sub}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
         ),
         700213,
     ))

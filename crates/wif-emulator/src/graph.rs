@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::{
-    app::{App, AppState, GRAPH_AUDIENCES},
+    app::{App, AppState},
     auth::{BearerError, Caller, verify_bearer},
     credentials::{self, Credential, Violation},
     state::{Application, PersistFailed, State as Directory, Tenant, now_ms, rfc3339_now},
@@ -275,6 +275,8 @@ struct Query {
     filter: Option<String>,
     select: Option<Vec<String>>,
     top: Option<usize>,
+    /// The offset a `@odata.nextLink` carries (opaque to clients).
+    skip: usize,
 }
 
 fn parse_query(raw: Option<&str>) -> Result<Query, GraphError> {
@@ -306,6 +308,15 @@ fn parse_query(raw: Option<&str>) -> Result<Query, GraphError> {
                         )
                     })?;
                 query.top = Some(top);
+            }
+            "$skiptoken" => {
+                query.skip = value.parse::<usize>().map_err(|_| {
+                    GraphError::new(
+                        StatusCode::BAD_REQUEST,
+                        "Request_BadRequest",
+                        "The specified page token value has expired and can no longer be included in your request.",
+                    )
+                })?;
             }
             _ => {}
         }
@@ -471,7 +482,9 @@ async fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, GraphError> {
-    let caller = verify_bearer(app, headers, GRAPH_AUDIENCES).map_err(auth_error)?;
+    let audiences = app.graph_audiences();
+    let allowed: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let caller = verify_bearer(app, headers, &allowed).map_err(auth_error)?;
     let tenant_known = app.store.read(|s| s.tenant(&caller.tenant_id).is_some()).await;
     if !tenant_known {
         return Err(auth_error(BearerError::Issuer(caller.issuer)));
@@ -748,7 +761,7 @@ async fn list_credentials(ctx: &Ctx<'_>, key: &AppKey) -> Result<Response, Graph
         None => Vec::new(),
     };
     let app = read_app(ctx, key).await?;
-    let value: Vec<Value> = app
+    let matching: Vec<&Credential> = app
         .credentials
         .iter()
         .filter(|c| {
@@ -758,14 +771,46 @@ async fn list_credentials(ctx: &Ctx<'_>, key: &AppKey) -> Result<Response, Graph
                 _ => c.issuer == *value,
             })
         })
-        .take(ctx.query.top.unwrap_or(usize::MAX))
+        .collect();
+    let page_size = ctx.query.top.unwrap_or(usize::MAX);
+    let value: Vec<Value> = matching
+        .iter()
+        .skip(ctx.query.skip)
+        .take(page_size)
         .map(|c| project(ctx.fic_json(c), ctx.query.select.as_deref()))
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "@odata.context": format!("{}#applications('{}')/federatedIdentityCredentials", ctx.metadata(), app.id),
         "value": value,
-    }))
-    .into_response())
+    });
+    // With `$top`, a page that leaves credentials out links to the next one.
+    let next = ctx.query.skip.saturating_add(page_size);
+    if next < matching.len() {
+        let mut link = url::Url::parse(&format!(
+            "{}/graph/{}/applications/{}/federatedIdentityCredentials",
+            ctx.app.base_url, ctx.version, app.id
+        ))
+        .map_err(|e| {
+            GraphError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "generalException",
+                e.to_string(),
+            )
+        })?;
+        {
+            let mut pairs = link.query_pairs_mut();
+            if let Some(filter) = &ctx.query.filter {
+                pairs.append_pair("$filter", filter);
+            }
+            if let Some(select) = &ctx.query.select {
+                pairs.append_pair("$select", &select.join(","));
+            }
+            pairs.append_pair("$top", &page_size.to_string());
+            pairs.append_pair("$skiptoken", &next.to_string());
+        }
+        body["@odata.nextLink"] = Value::from(link.to_string());
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn get_credential(ctx: &Ctx<'_>, key: &AppKey, fic: &FicKey) -> Result<Response, GraphError> {

@@ -62,8 +62,8 @@ pub use crate::{
     arm::API_VERSIONS as ARM_API_VERSIONS,
     client::AdminClient,
     config::{
-        ApplicationSeed, Config, CredentialSeed, DEFAULT_AUDIENCE, IdentitySeed, Seed, Settings,
-        SettingsPatch, TenantSeed,
+        ApplicationSeed, Config, CredentialSeed, DEFAULT_AUDIENCE, IdentitySeed, ResourceGroupSeed, Seed,
+        Settings, SettingsPatch, SubscriptionSeed, TenantSeed,
     },
     error::{Error, Result},
     faults::{Api, ApiCounters, Counters, FaultRule, Faults, ServerError, Throttle},

@@ -57,6 +57,50 @@ pub(crate) struct Tenant {
     pub(crate) domains: Vec<String>,
     pub(crate) applications: Vec<Application>,
     pub(crate) identities: Vec<Identity>,
+    /// Absent in state files written before subscriptions existed: [`State::normalize`] derives
+    /// them from the identities.
+    #[serde(default)]
+    pub(crate) subscriptions: Vec<Subscription>,
+}
+
+/// The display name of a subscription seeded without one.
+const DEFAULT_SUBSCRIPTION_NAME: &str = "wif emulator subscription";
+/// The region of a resource group or identity seeded without one.
+const DEFAULT_LOCATION: &str = "westeurope";
+
+/// An Azure subscription.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Subscription {
+    /// Lower-case GUID.
+    pub(crate) id: String,
+    pub(crate) display_name: String,
+    pub(crate) resource_groups: Vec<ResourceGroup>,
+}
+
+impl Subscription {
+    pub(crate) fn group(&self, name: &str) -> Option<&ResourceGroup> {
+        self.resource_groups
+            .iter()
+            .find(|g| g.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A resource group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ResourceGroup {
+    pub(crate) name: String,
+    pub(crate) location: String,
+}
+
+/// Resource group names ARM accepts: 1–90 of letters, digits, `_-.()`, not ending in `.`.
+pub(crate) fn valid_group_name(name: &str) -> bool {
+    (1..=90).contains(&name.chars().count())
+        && !name.ends_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'))
 }
 
 /// An application registration and its implicit service principal.
@@ -162,16 +206,40 @@ impl State {
             .find(|t| t.id.eq_ignore_ascii_case(key) || t.domains.iter().any(|d| d.eq_ignore_ascii_case(key)))
     }
 
-    /// The tenant that owns a subscription (the tenant of any identity in it).
+    /// The tenant that owns a subscription.
     pub(crate) fn subscription_tenant(&self, subscription: &str) -> Option<&str> {
-        self.tenants
-            .iter()
-            .find(|t| {
-                t.identities
-                    .iter()
-                    .any(|i| i.subscription_id.eq_ignore_ascii_case(subscription))
-            })
-            .map(|t| t.id.as_str())
+        self.subscription(subscription).map(|(t, _)| t.id.as_str())
+    }
+
+    /// A subscription and the tenant that owns it.
+    pub(crate) fn subscription(&self, id: &str) -> Option<(&Tenant, &Subscription)> {
+        self.tenants.iter().find_map(|t| {
+            t.subscriptions
+                .iter()
+                .find(|s| s.id.eq_ignore_ascii_case(id))
+                .map(|s| (t, s))
+        })
+    }
+
+    /// Adds the subscription and resource group of every identity that lacks them (state files
+    /// written before subscriptions existed, identities seeded without them).
+    pub(crate) fn normalize(&mut self) {
+        for tenant in &mut self.tenants {
+            let wanted: Vec<(String, String, String)> = tenant
+                .identities
+                .iter()
+                .map(|i| {
+                    (
+                        i.subscription_id.clone(),
+                        i.resource_group.clone(),
+                        i.location.clone(),
+                    )
+                })
+                .collect();
+            for (subscription, group, location) in wanted {
+                ensure_group(tenant, &subscription, None, &group, &location);
+            }
+        }
     }
 
     /// Finds an identity: (tenant index, identity index).
@@ -203,13 +271,20 @@ impl State {
                 });
             }
             // Subscriptions belong to one tenant.
-            for is in &ts.user_assigned_identities {
-                if let Some(owner) = self.subscription_tenant(&is.subscription_id)
+            let used = ts.subscriptions.iter().map(|s| s.id.as_str()).chain(
+                ts.user_assigned_identities
+                    .iter()
+                    .map(|i| i.subscription_id.as_str()),
+            );
+            for subscription in used {
+                if !is_guid(subscription) {
+                    return Err(format!("subscription id {subscription:?} is not a GUID"));
+                }
+                if let Some(owner) = self.subscription_tenant(subscription)
                     && !owner.eq_ignore_ascii_case(&tenant_id)
                 {
                     return Err(format!(
-                        "subscription {} already belongs to tenant {owner}",
-                        is.subscription_id
+                        "subscription {subscription} already belongs to tenant {owner}"
                     ));
                 }
             }
@@ -221,6 +296,27 @@ impl State {
                     tenant.domains.push(domain.clone());
                 }
             }
+            for sub in &ts.subscriptions {
+                if sub.resource_groups.is_empty() {
+                    ensure_subscription(tenant, &sub.id, sub.display_name.as_deref());
+                }
+                for group in &sub.resource_groups {
+                    if !valid_group_name(&group.name) {
+                        return Err(format!(
+                            "resource group name {:?} of subscription {} is invalid: 1-90 letters, digits, '_', '-', '.', '(', ')', not ending in '.'",
+                            group.name, sub.id
+                        ));
+                    }
+                    let location = group.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+                    ensure_group(
+                        tenant,
+                        &sub.id,
+                        sub.display_name.as_deref(),
+                        &group.name,
+                        location,
+                    );
+                }
+            }
             for app_seed in &ts.applications {
                 seed_application(tenant, app_seed, settings)?;
             }
@@ -228,7 +324,39 @@ impl State {
                 seed_identity(tenant, id_seed, settings)?;
             }
         }
+        self.normalize();
         Ok(())
+    }
+}
+
+/// The tenant's subscription `id`, created if missing.
+fn ensure_subscription<'t>(tenant: &'t mut Tenant, id: &str, name: Option<&str>) -> &'t mut Subscription {
+    let index = match tenant
+        .subscriptions
+        .iter()
+        .position(|s| s.id.eq_ignore_ascii_case(id))
+    {
+        Some(index) => index,
+        None => {
+            tenant.subscriptions.push(Subscription {
+                id: id.to_ascii_lowercase(),
+                display_name: name.unwrap_or(DEFAULT_SUBSCRIPTION_NAME).to_string(),
+                resource_groups: Vec::new(),
+            });
+            tenant.subscriptions.len() - 1
+        }
+    };
+    &mut tenant.subscriptions[index]
+}
+
+/// The tenant's resource group `group` in subscription `subscription`, created if missing.
+fn ensure_group(tenant: &mut Tenant, subscription: &str, name: Option<&str>, group: &str, location: &str) {
+    let subscription = ensure_subscription(tenant, subscription, name);
+    if subscription.group(group).is_none() {
+        subscription.resource_groups.push(ResourceGroup {
+            name: group.to_string(),
+            location: location.to_string(),
+        });
     }
 }
 
@@ -316,7 +444,7 @@ fn seed_identity(
                 subscription_id: seed.subscription_id.to_ascii_lowercase(),
                 resource_group: seed.resource_group.clone(),
                 name: seed.name.clone(),
-                location: seed.location.clone().unwrap_or_else(|| "westeurope".into()),
+                location: seed.location.clone().unwrap_or_else(|| DEFAULT_LOCATION.into()),
                 client_id,
                 principal_id,
                 ..Identity::default()
@@ -395,6 +523,8 @@ impl Store {
             },
             Err(source) => return Err(Error::ReadFile { path, source }),
         };
+        let mut state = state;
+        state.normalize();
         Ok(Self {
             path,
             state: tokio::sync::Mutex::new(state),
@@ -491,6 +621,14 @@ mod tests {
                     }],
                     ..ApplicationSeed::default()
                 }],
+                subscriptions: vec![crate::config::SubscriptionSeed {
+                    id: "0b1f6471-1bf0-4dda-aec3-cb9272f09590".into(),
+                    display_name: Some("dev".into()),
+                    resource_groups: vec![crate::config::ResourceGroupSeed {
+                        name: "shared".into(),
+                        location: Some("northeurope".into()),
+                    }],
+                }],
                 user_assigned_identities: vec![IdentitySeed {
                     subscription_id: "0b1f6471-1bf0-4dda-aec3-cb9272f09590".into(),
                     resource_group: "rg".into(),
@@ -517,6 +655,36 @@ mod tests {
         );
         assert!(tenant.client("5E3CE6C0-2B1F-4285-8D4B-75EE78787346").is_some());
         assert!(tenant.client(&tenant.identities[0].client_id).is_some());
+    }
+
+    #[test]
+    fn subscriptions_and_groups_are_seeded_and_implied_by_identities() {
+        let mut state = State::default();
+        state.apply_seed(&seed(), &Settings::default()).expect("seeds");
+        let (tenant, sub) = state
+            .subscription("0B1F6471-1BF0-4DDA-AEC3-CB9272F09590")
+            .expect("subscription");
+        assert_eq!(tenant.id, TENANT);
+        assert_eq!(sub.display_name, "dev");
+        assert_eq!(
+            sub.group("SHARED").map(|g| g.location.as_str()),
+            Some("northeurope")
+        );
+        // The identity's group exists although the seed did not list it.
+        assert_eq!(sub.group("rg").map(|g| g.location.as_str()), Some("westeurope"));
+
+        // A state file from before subscriptions existed gains them on load.
+        let mut old = state.clone();
+        old.tenants[0].subscriptions.clear();
+        old.normalize();
+        assert!(old.subscription("0b1f6471-1bf0-4dda-aec3-cb9272f09590").is_some());
+
+        let mut bad = seed();
+        bad.tenants[0].subscriptions[0].resource_groups[0].name = "ends-with-dot.".into();
+        let err = State::default()
+            .apply_seed(&bad, &Settings::default())
+            .expect_err("refused");
+        assert!(err.contains("resource group name"), "{err}");
     }
 
     #[test]

@@ -263,7 +263,7 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
     let created = Instant::now();
     let assertion = env.issuer.rs256(&env.issuer.claims(new_subject));
     let (status, body) = env.exchange(APP_ID, &assertion).await;
-    assert_aad(status, &body, 401, "invalid_client", 70021);
+    assert_aad(status, &body, 400, "invalid_request", 70021);
     assert!(
         body["error_description"]
             .as_str()
@@ -293,7 +293,7 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
     assert_eq!(status, StatusCode::OK, "old subject still honoured");
     let moved_assertion = env.issuer.rs256(&env.issuer.claims(moved));
     let (status, body) = env.exchange(APP_ID, &moved_assertion).await;
-    assert_aad(status, &body, 401, "invalid_client", 70021);
+    assert_aad(status, &body, 400, "invalid_request", 70021);
 
     // The admin API can end the delay at once.
     admin.propagate().await.expect("propagate");
@@ -313,5 +313,5 @@ async fn propagation_delay_answers_70021_until_the_credential_is_honoured() {
     let (status, _) = env.call(&arm, Method::PUT, &url, Some(body)).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, body) = env.exchange(IDENTITY_CLIENT_ID, &assertion).await;
-    assert_aad(status, &body, 401, "invalid_client", 70021);
+    assert_aad(status, &body, 400, "invalid_request", 70021);
 }

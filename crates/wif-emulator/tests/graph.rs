@@ -599,3 +599,57 @@ async fn malformed_graph_requests_get_graph_errors_never_500() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn graph_accepts_tokens_for_its_own_url_and_pages_credentials() {
+    let env = Env::start().await;
+    // az asks for a token whose resource is the cloud's Graph endpoint: the emulator's /graph/.
+    for resource in [format!("{}/", env.emulator.graph_url()), env.emulator.graph_url()] {
+        let token = env
+            .emulator
+            .admin()
+            .mint_token(TENANT, CONTROLLER_APP_ID, &resource)
+            .await
+            .expect("mint");
+        let (status, body) = env
+            .call(&token, Method::GET, &env.graph("applications"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{resource}: {body:#}");
+    }
+
+    let graph = Graph::new(&env).await;
+    let app = graph.create_app("paged").await;
+    let base = format!(
+        "applications/{}/federatedIdentityCredentials",
+        app["id"].as_str().expect("id")
+    );
+    for i in 0..5 {
+        let (status, body) = graph
+            .call(
+                Method::POST,
+                &base,
+                Some(fic(&format!("page-{i}"), &format!("s{i}"))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    }
+    let mut names = Vec::new();
+    let mut url = env.graph(&format!("{base}?$top=2"));
+    for _ in 0..10 {
+        let (status, body) = env.call(&graph.token, Method::GET, &url, None).await;
+        assert_eq!(status, StatusCode::OK, "{body:#}");
+        assert!(body["value"].as_array().expect("value").len() <= 2, "{body:#}");
+        names.extend(
+            body["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["name"].as_str().expect("name").to_string()),
+        );
+        match body["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["page-0", "page-1", "page-2", "page-3", "page-4"]);
+}

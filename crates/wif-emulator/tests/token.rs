@@ -257,22 +257,22 @@ async fn lifetime_rules_70023_and_700024() {
     let mut too_long = env.issuer.claims(SUBJECT);
     too_long["exp"] = json!(now + 25 * 3600 + 60);
     let (status, body) = env.exchange(APP_ID, &env.issuer.rs256(&too_long)).await;
-    assert_aad(status, &body, 400, "invalid_request", 70023);
+    assert_aad(status, &body, 401, "invalid_client", 70023);
 
     let mut no_iat = env.issuer.claims(SUBJECT);
     no_iat.as_object_mut().expect("object").remove("iat");
     let (status, body) = env.exchange(APP_ID, &env.issuer.rs256(&no_iat)).await;
-    assert_aad(status, &body, 400, "invalid_request", 70023);
+    assert_aad(status, &body, 401, "invalid_client", 70023);
 
     let mut extreme = env.issuer.claims(SUBJECT);
     extreme["exp"] = json!(i64::MAX);
     extreme["iat"] = json!(i64::MIN);
     let (status, body) = env.exchange(APP_ID, &env.issuer.rs256(&extreme)).await;
-    assert_aad(status, &body, 400, "invalid_request", 70023);
+    assert_aad(status, &body, 401, "invalid_client", 70023);
     extreme["exp"] = json!(1e300);
     extreme["iat"] = json!(-1e300);
     let (status, body) = env.exchange(APP_ID, &env.issuer.rs256(&extreme)).await;
-    assert_aad(status, &body, 400, "invalid_request", 70023);
+    assert_aad(status, &body, 401, "invalid_client", 70023);
 
     let mut expired = env.issuer.claims(SUBJECT);
     expired["iat"] = json!(now - 7200);

@@ -26,6 +26,7 @@ enum Command {
     /// Exchange the workload's projected ServiceAccount token for an Entra access token.
     Token(wif_exchange::cli::TokenArgs),
     /// Run a local Entra (token endpoint, discovery, Graph and ARM credential APIs) for demos and tests.
+    #[cfg(feature = "emulator")]
     Emulator(Box<wif_emulator::Args>),
     /// Check, one line per step, why a pod or ServiceAccount does (not) get Entra tokens.
     Doctor(Box<cmd::doctor::DoctorArgs>),
@@ -62,6 +63,7 @@ pub fn main() -> ExitCode {
             };
             ExitCode::from(u8::try_from(runtime.block_on(wif_exchange::cli::run(args))).unwrap_or(1))
         }
+        #[cfg(feature = "emulator")]
         Command::Emulator(args) => cmd::run_async(async move {
             logging::init("info", logging::LogFormat::Text);
             wif_emulator::run(*args, cmd::shutdown_signal()).await?;

@@ -332,6 +332,8 @@ pub fn seed_config(issuer: &str) -> Config {
                         ..ApplicationSeed::default()
                     },
                 ],
+                // The identity brings its subscription and resource group `rg` along.
+                subscriptions: Vec::new(),
                 user_assigned_identities: vec![IdentitySeed {
                     subscription_id: SUBSCRIPTION.into(),
                     resource_group: "rg".into(),

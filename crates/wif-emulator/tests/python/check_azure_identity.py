@@ -12,8 +12,8 @@ Environment, as the wif webhook injects it into a pod, plus the emulator's CA:
 
 Uses WorkloadIdentityCredential and DefaultAzureCredential (azure-identity builds the token URL
 itself and makes no discovery call), then MSAL's ConfidentialClientApplication with the same
-assertion (MSAL reads the tenant's OpenID configuration first, so the emulator's discovery document
-is exercised too). Prints each access token's decoded claims as JSON and exits 0 only if every one
+assertion (MSAL asks the emulator's instance discovery, `GET /common/discovery/instance`, then reads
+the tenant's OpenID configuration, so both discovery documents are exercised too). Prints each access token's decoded claims as JSON and exits 0 only if every one
 is a token issued by the emulator for this tenant, client and scope.
 """
 
@@ -79,9 +79,10 @@ def check_msal(scope):
         os.environ["AZURE_CLIENT_ID"],
         client_credential={"client_assertion": assertion},
         authority="{}/{}".format(os.environ["AZURE_AUTHORITY_HOST"].rstrip("/"), os.environ["AZURE_TENANT_ID"]),
-        # Instance discovery would ask login.microsoftonline.com about this host; the tenant's
-        # OpenID configuration is still fetched from the emulator.
-        instance_discovery=False,
+        # By default MSAL validates an authority it does not know at login.microsoftonline.com;
+        # pointed at the emulator's own instance discovery it asks the emulator instead, then
+        # reads the tenant's OpenID configuration there.
+        instance_discovery="{}/common/discovery/instance".format(os.environ["AZURE_AUTHORITY_HOST"].rstrip("/")),
     )
     result = app.acquire_token_for_client(scopes=[scope])
     if "access_token" not in result:
