@@ -876,9 +876,33 @@ impl<'a> Apply<'a> {
             return true;
         }
         let manager = naming::service_account_manager(&self.name);
-        let want = spec
-            .annotate_service_account
-            .then_some((resolved.client_id.as_str(), resolved.tenant_id.as_str()));
+        let default_audience = ctx.settings.default_audience.as_str();
+        let audience = spec.audience.as_deref().unwrap_or(default_audience);
+        if let Some(found) = service_account::audience_mismatch(
+            &sa,
+            &manager,
+            audience,
+            default_audience,
+            spec.annotate_service_account,
+        ) {
+            self.obs.service_account = Check::fail(
+                "AudienceMismatch",
+                format!(
+                    "ServiceAccount {}/{sa_name}'s pods get tokens for audience {found:?} (annotation {} or the \
+                     default), but this binding's credential trusts {audience:?}: Entra would answer AADSTS700212; \
+                     make spec.audience and the annotation agree",
+                    self.ns,
+                    wif_api::AUDIENCE_ANNOTATION
+                ),
+            );
+            return true;
+        }
+        let want = spec.annotate_service_account.then_some(service_account::Wanted {
+            client_id: &resolved.client_id,
+            tenant_id: &resolved.tenant_id,
+            identity_name: spec.identity_name.as_deref(),
+            audience: (audience != default_audience).then_some(audience),
+        });
         let plan = service_account::annotation_plan(&sa, &manager, want);
         if plan != AnnotationPlan::Nothing && !ctx.leadership.is_leader() {
             self.obs.service_account = Check::unknown("NotLeader", "this replica is not the leader");
@@ -895,10 +919,15 @@ impl<'a> Apply<'a> {
                         ),
                     ));
                 }
+                let suffix = spec
+                    .identity_name
+                    .as_deref()
+                    .map(|n| format!(".{n}"))
+                    .unwrap_or_default();
                 Check::ok(
                     "Annotated",
                     format!(
-                        "ServiceAccount {}/{sa_name} carries client-id {} and tenant-id {}",
+                        "ServiceAccount {}/{sa_name} carries client-id{suffix} {} and tenant-id{suffix} {}",
                         self.ns, resolved.client_id, resolved.tenant_id
                     ),
                 )
@@ -1105,6 +1134,7 @@ fn leak_reason(reason: &str) -> &'static str {
         "Exists",
         "ServiceAccountNotFound",
         "AnnotationConflict",
+        "AudienceMismatch",
         "ServiceAccountChanged",
         "KubernetesApi",
         "ReadBack",
