@@ -88,6 +88,18 @@ pub struct FederatedIdentityBindingSpec {
     /// Microsoft Graph) or `userAssignedIdentity` (a managed identity, through ARM).
     pub identity: IdentityReference,
 
+    /// Binds a named identity of the ServiceAccount instead of its default one: the controller
+    /// then writes `azure.workload.identity/client-id.<identityName>` (and `tenant-id.<identityName>`),
+    /// and pods get `AZURE_CLIENT_ID_<IDENTITYNAME>`. Several bindings may share a ServiceAccount:
+    /// one default, the others named. A lower-case DNS label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+            .message("identityName must be a lower-case DNS label: lower-case letters, digits and '-'")
+    )]
+    pub identity_name: Option<String>,
+
     /// Audience of the credential, the `aud` the ServiceAccount token must carry. Defaults to
     /// the cloud's token-exchange audience (`api://AzureADTokenExchange` on the public cloud).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,75 @@ pub const INJECT_PROXY_SIDECAR_ANNOTATION: &str = "azure.workload.identity/injec
 /// Upstream's proxy port annotation (only meaningful with the proxy sidecar).
 pub const PROXY_SIDECAR_PORT_ANNOTATION: &str = "azure.workload.identity/proxy-sidecar-port";
 
+/// Prefix of a ServiceAccount annotation naming a further identity: `client-id.<name>` (name: a
+/// lower-case DNS label, see [`is_identity_name`]). Containers get `AZURE_CLIENT_ID_<NAME>`.
+pub const NAMED_CLIENT_ID_PREFIX: &str = "azure.workload.identity/client-id.";
+/// Prefix of a ServiceAccount annotation giving a named identity's tenant: `tenant-id.<name>`.
+/// Containers get `AZURE_TENANT_ID_<NAME>`.
+pub const NAMED_TENANT_ID_PREFIX: &str = "azure.workload.identity/tenant-id.";
+/// Pod annotation `"<container>=<name>;…"`: the named identity becomes that container's
+/// `AZURE_CLIENT_ID` (and `AZURE_TENANT_ID`, if the identity has a tenant-id annotation).
+pub const CONTAINER_IDENTITIES_ANNOTATION: &str = "azure.workload.identity/container-identities";
+/// Pod or ServiceAccount annotation setting the projected token's audience (pod wins; both win
+/// over the install's default).
+pub const AUDIENCE_ANNOTATION: &str = "azure.workload.identity/audience";
+/// Pod annotation `"<name>=<audience>;…"`: one more ServiceAccount token per entry, projected
+/// into the token volume as the file `<name>-token`.
+pub const EXTRA_TOKEN_AUDIENCES_ANNOTATION: &str = "azure.workload.identity/extra-token-audiences";
+/// Suffix of an extra token's file name in the token volume (`<name>-token`).
+pub const EXTRA_TOKEN_FILE_SUFFIX: &str = "-token";
+/// Longest audience Entra accepts in a federated identity credential.
+pub const MAX_AUDIENCE_LEN: usize = 600;
+
+/// Whether `name` may name an identity or an extra token: a lower-case DNS label (1-63 of
+/// `a-z`, `0-9`, `-`, starting and ending with a letter or digit).
+pub fn is_identity_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.first().is_some_and(ok)
+        && b.last().is_some_and(ok)
+        && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// `AZURE_CLIENT_ID_<NAME>`: the variable carrying a named identity's client id (`-` → `_`).
+pub fn named_client_id_env(name: &str) -> String {
+    named_env(ENV_CLIENT_ID, name)
+}
+
+/// `AZURE_TENANT_ID_<NAME>`: the variable carrying a named identity's tenant id.
+pub fn named_tenant_id_env(name: &str) -> String {
+    named_env(ENV_TENANT_ID, name)
+}
+
+fn named_env(base: &str, name: &str) -> String {
+    let mut out = String::with_capacity(base.len() + 1 + name.len());
+    out.push_str(base);
+    out.push('_');
+    out.extend(name.chars().map(|c| match c {
+        '-' => '_',
+        c => c.to_ascii_uppercase(),
+    }));
+    out
+}
+
+/// Why `audience` cannot be a token audience, if it cannot: Entra refuses whitespace and `*`
+/// in a federated credential's audience, and more than [`MAX_AUDIENCE_LEN`] characters.
+pub fn audience_problem(audience: &str) -> Option<&'static str> {
+    if audience.is_empty() {
+        Some("it is empty")
+    } else if audience.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains whitespace")
+    } else if audience.contains('*') {
+        Some("it contains '*'")
+    } else if audience.chars().count() > MAX_AUDIENCE_LEN {
+        Some("it is longer than 600 characters")
+    } else {
+        None
+    }
+}
+
 /// Every pod/ServiceAccount annotation and label key under [`PREFIX`] that wif (or upstream)
 /// understands; anything else under the prefix earns a "did you mean" warning.
 pub const KNOWN_KEYS: &[&str] = &[
@@ -50,6 +119,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     SKIP_CONTAINERS_ANNOTATION,
     INJECT_PROXY_SIDECAR_ANNOTATION,
     PROXY_SIDECAR_PORT_ANNOTATION,
+    CONTAINER_IDENTITIES_ANNOTATION,
+    AUDIENCE_ANNOTATION,
+    EXTRA_TOKEN_AUDIENCES_ANNOTATION,
 ];
 
 /// Environment variable carrying the client id.
@@ -122,6 +194,34 @@ mod tests {
     #[test]
     fn token_file_path_is_mount_path_plus_file_name() {
         assert_eq!(TOKEN_FILE_PATH, format!("{TOKEN_MOUNT_PATH}/{TOKEN_FILE_NAME}"));
+    }
+
+    #[test]
+    fn identity_names_are_lower_case_dns_labels() {
+        for ok in ["a", "storage", "read-only", "x1", &"a".repeat(63)] {
+            assert!(is_identity_name(ok), "{ok}");
+        }
+        for bad in ["", "Storage", "-a", "a-", "a_b", "a.b", "a b", &"a".repeat(64)] {
+            assert!(!is_identity_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn named_variables_are_upper_case_with_underscores() {
+        assert_eq!(named_client_id_env("read-only"), "AZURE_CLIENT_ID_READ_ONLY");
+        assert_eq!(named_tenant_id_env("storage2"), "AZURE_TENANT_ID_STORAGE2");
+    }
+
+    #[test]
+    fn audiences_follow_entras_rules() {
+        assert_eq!(audience_problem("api://AzureADTokenExchange"), None);
+        assert_eq!(audience_problem("sts.amazonaws.com"), None);
+        assert_eq!(audience_problem(&"a".repeat(600)), None);
+        assert!(audience_problem(&"a".repeat(601)).is_some());
+        assert!(audience_problem("a b").is_some());
+        assert!(audience_problem("a\tb").is_some());
+        assert!(audience_problem("api://*").is_some());
+        assert!(audience_problem("").is_some());
     }
 
     #[test]

@@ -84,6 +84,8 @@ reasons! {
     ServiceAccountNotFound,
     /// Someone else wrote different identity annotations.
     AnnotationConflict,
+    /// The ServiceAccount's audience annotation (or the default) differs from the binding's.
+    AudienceMismatch,
     /// The ServiceAccount was replaced while it was annotated.
     ServiceAccountChanged,
     /// A Kubernetes API call failed.

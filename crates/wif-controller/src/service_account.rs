@@ -13,7 +13,10 @@ use kube::{
     core::PartialObjectMeta,
 };
 use serde_json::{Value, json};
-use wif_api::{CLIENT_ID_ANNOTATION, TENANT_ID_ANNOTATION};
+use wif_api::{
+    AUDIENCE_ANNOTATION, CLIENT_ID_ANNOTATION, NAMED_CLIENT_ID_PREFIX, NAMED_TENANT_ID_PREFIX,
+    TENANT_ID_ANNOTATION,
+};
 
 /// A ServiceAccount as the controller caches it.
 pub type CachedServiceAccount = PartialObjectMeta<ServiceAccount>;
@@ -47,27 +50,86 @@ pub enum AnnotationPlan {
     Release,
 }
 
-/// Decides what to do, purely: `want` is `Some((client_id, tenant_id))` when the binding asks for
-/// annotations.
-pub fn annotation_plan(
+/// What a binding writes on its ServiceAccount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    /// The identity's client id.
+    pub client_id: &'a str,
+    /// Its tenant.
+    pub tenant_id: &'a str,
+    /// `spec.identityName`: written as `client-id.<name>` / `tenant-id.<name>` instead.
+    pub identity_name: Option<&'a str>,
+    /// The binding's audience when it is not the install's default: pods must then get tokens
+    /// for it, so the ServiceAccount carries `azure.workload.identity/audience`.
+    pub audience: Option<&'a str>,
+}
+
+impl Wanted<'_> {
+    /// The annotations, by key.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let (client_key, tenant_key) = match self.identity_name {
+            Some(name) => (
+                format!("{NAMED_CLIENT_ID_PREFIX}{name}"),
+                format!("{NAMED_TENANT_ID_PREFIX}{name}"),
+            ),
+            None => (CLIENT_ID_ANNOTATION.to_owned(), TENANT_ID_ANNOTATION.to_owned()),
+        };
+        let mut out: BTreeMap<String, String> = [
+            (client_key, self.client_id.to_owned()),
+            (tenant_key, self.tenant_id.to_owned()),
+        ]
+        .into();
+        if let Some(audience) = self.audience {
+            out.insert(AUDIENCE_ANNOTATION.to_owned(), audience.to_owned());
+        }
+        out
+    }
+}
+
+/// The ServiceAccount's audience annotation, when it disagrees with the binding's `audience`
+/// (`default` when the annotation is absent) and the binding will not write it itself: pods of
+/// that ServiceAccount get tokens for another audience than the credential trusts, and Entra
+/// answers AADSTS700212. `writes` says whether the binding writes the annotation.
+pub fn audience_mismatch(
     sa: &CachedServiceAccount,
     manager: &str,
-    want: Option<(&str, &str)>,
-) -> AnnotationPlan {
+    audience: &str,
+    default: &str,
+    writes: bool,
+) -> Option<String> {
+    let current = sa
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUDIENCE_ANNOTATION))
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty());
+    if current.unwrap_or(default) == audience {
+        return None;
+    }
+    let ours = owned_annotations(sa, manager)
+        .iter()
+        .any(|k| k == AUDIENCE_ANNOTATION);
+    match current {
+        _ if ours => None,      // we wrote it: the next apply rewrites or releases it
+        None if writes => None, // absent: we are about to write it
+        other => Some(other.unwrap_or(default).to_owned()),
+    }
+}
+
+/// Decides what to do, purely: `want` is what the binding writes when it asks for annotations.
+pub fn annotation_plan(sa: &CachedServiceAccount, manager: &str, want: Option<Wanted<'_>>) -> AnnotationPlan {
     let owned = owned_annotations(sa, manager);
     match want {
         None if owned.is_empty() => AnnotationPlan::Nothing,
         None => AnnotationPlan::Release,
-        Some((client_id, tenant_id)) => {
-            let wanted: BTreeMap<String, String> = [
-                (CLIENT_ID_ANNOTATION.to_owned(), client_id.to_owned()),
-                (TENANT_ID_ANNOTATION.to_owned(), tenant_id.to_owned()),
-            ]
-            .into();
+        Some(want) => {
+            let wanted = want.annotations();
             let current = sa.metadata.annotations.clone().unwrap_or_default();
             let in_place = wanted
                 .iter()
-                .all(|(k, v)| current.get(k) == Some(v) && owned.iter().any(|o| o == k));
+                .all(|(k, v)| current.get(k) == Some(v) && owned.iter().any(|o| o == k))
+                && owned.iter().all(|o| wanted.contains_key(o));
             if in_place {
                 AnnotationPlan::Nothing
             } else {
@@ -192,22 +254,31 @@ mod tests {
         assert!(owned_annotations(&s, "someone-else").is_empty());
     }
 
+    fn want<'a>(client_id: &'a str, tenant_id: &'a str) -> Option<Wanted<'a>> {
+        Some(Wanted {
+            client_id,
+            tenant_id,
+            identity_name: None,
+            audience: None,
+        })
+    }
+
     #[test]
     fn plans() {
         let annotated = [(CLIENT_ID_ANNOTATION, "c"), (TENANT_ID_ANNOTATION, "t")];
         // already ours and right
         let s = sa(&annotated, &[(M, "Apply", ours_fields())]);
-        assert_eq!(annotation_plan(&s, M, Some(("c", "t"))), AnnotationPlan::Nothing);
+        assert_eq!(annotation_plan(&s, M, want("c", "t")), AnnotationPlan::Nothing);
         // right values written by someone else: take co-ownership (so we can release later)
         let s = sa(&annotated, &[]);
         assert!(matches!(
-            annotation_plan(&s, M, Some(("c", "t"))),
+            annotation_plan(&s, M, want("c", "t")),
             AnnotationPlan::Apply(_)
         ));
         // wrong value
         let s = sa(&annotated, &[(M, "Apply", ours_fields())]);
         assert!(matches!(
-            annotation_plan(&s, M, Some(("c2", "t"))),
+            annotation_plan(&s, M, want("c2", "t")),
             AnnotationPlan::Apply(_)
         ));
         // not wanted, owned → release; not owned → nothing
@@ -216,6 +287,88 @@ mod tests {
             annotation_plan(&sa(&annotated, &[]), M, None),
             AnnotationPlan::Nothing
         );
+    }
+
+    #[test]
+    fn a_named_binding_writes_named_keys_and_a_custom_audience() {
+        let w = Wanted {
+            client_id: "c",
+            tenant_id: "t",
+            identity_name: Some("reader"),
+            audience: Some("api://custom"),
+        };
+        assert_eq!(
+            w.annotations(),
+            BTreeMap::from([
+                (
+                    "azure.workload.identity/audience".to_owned(),
+                    "api://custom".to_owned()
+                ),
+                (
+                    "azure.workload.identity/client-id.reader".to_owned(),
+                    "c".to_owned()
+                ),
+                (
+                    "azure.workload.identity/tenant-id.reader".to_owned(),
+                    "t".to_owned()
+                ),
+            ])
+        );
+        // The default binding's keys on the same ServiceAccount are not this binding's business.
+        let s = sa(&[(CLIENT_ID_ANNOTATION, "other")], &[]);
+        match annotation_plan(&s, M, Some(w)) {
+            AnnotationPlan::Apply(a) => assert!(!a.contains_key(CLIENT_ID_ANNOTATION)),
+            other => panic!("{other:?}"),
+        }
+        // An annotation we own but no longer want (the audience went back to the default) is
+        // released by applying again.
+        let owned = json!({"f:metadata": {"f:annotations": {
+            "f:azure.workload.identity/client-id": {}, "f:azure.workload.identity/tenant-id": {},
+            "f:azure.workload.identity/audience": {}}}});
+        let s = sa(
+            &[
+                (CLIENT_ID_ANNOTATION, "c"),
+                (TENANT_ID_ANNOTATION, "t"),
+                (AUDIENCE_ANNOTATION, "api://old"),
+            ],
+            &[(M, "Apply", owned)],
+        );
+        assert!(matches!(annotation_plan(&s, M, want("c", "t")), AnnotationPlan::Apply(a) if a.len() == 2));
+    }
+
+    #[test]
+    fn audience_mismatches() {
+        const D: &str = "api://AzureADTokenExchange";
+        let hand = |v: &str| sa(&[(AUDIENCE_ANNOTATION, v)], &[]);
+        // agreement, either way
+        assert_eq!(audience_mismatch(&sa(&[], &[]), M, D, D, false), None);
+        assert_eq!(audience_mismatch(&hand("api://x"), M, "api://x", D, true), None);
+        // the binding will write it
+        assert_eq!(audience_mismatch(&sa(&[], &[]), M, "api://x", D, true), None);
+        // a hand-written one differs: from the default, or from the binding's
+        assert_eq!(
+            audience_mismatch(&hand("api://x"), M, D, D, true).as_deref(),
+            Some("api://x")
+        );
+        assert_eq!(
+            audience_mismatch(&hand("api://y"), M, "api://x", D, true).as_deref(),
+            Some("api://y")
+        );
+        // absent while the binding does not annotate: tokens carry the default
+        assert_eq!(
+            audience_mismatch(&sa(&[], &[]), M, "api://x", D, false).as_deref(),
+            Some(D)
+        );
+        // ours: rewritten or released by the next apply
+        let ours = sa(
+            &[(AUDIENCE_ANNOTATION, "api://old")],
+            &[(
+                M,
+                "Apply",
+                json!({"f:metadata": {"f:annotations": {"f:azure.workload.identity/audience": {}}}}),
+            )],
+        );
+        assert_eq!(audience_mismatch(&ours, M, D, D, true), None);
     }
 
     #[test]

@@ -43,8 +43,12 @@ pub struct TokenArgs {
     #[arg(long, value_name = "TENANT")]
     pub tenant_id: Option<String>,
     /// Client id to use instead of AZURE_CLIENT_ID.
-    #[arg(long, value_name = "CLIENT_ID")]
+    #[arg(long, value_name = "CLIENT_ID", conflicts_with = "identity")]
     pub client_id: Option<String>,
+    /// Use the ServiceAccount's identity NAME (annotation azure.workload.identity/client-id.NAME):
+    /// its client id from AZURE_CLIENT_ID_<NAME>, its tenant from AZURE_TENANT_ID_<NAME> if set.
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
     /// Token file to use instead of AZURE_FEDERATED_TOKEN_FILE.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -64,10 +68,18 @@ impl TokenArgs {
             scope: scope.into(),
             tenant_id: None,
             client_id: None,
+            identity: None,
             token_file: None,
             authority_host: None,
             output: OutputFormat::Text,
         }
+    }
+
+    /// Uses the ServiceAccount's identity named `name` (`AZURE_CLIENT_ID_<NAME>`).
+    #[must_use]
+    pub fn with_identity(mut self, name: impl Into<String>) -> Self {
+        self.identity = Some(name.into());
+        self
     }
 
     /// Sets the output format.
@@ -92,13 +104,11 @@ pub enum OutputFormat {
 pub async fn run(args: TokenArgs) -> i32 {
     // Not locked across the exchange: a log subscriber may write to the same streams meanwhile.
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    run_with(
-        args,
-        WorkloadIdentityCredentialBuilder::from_env(),
-        &mut out,
-        &mut err,
-    )
-    .await
+    let builder = match &args.identity {
+        Some(name) => WorkloadIdentityCredentialBuilder::from_env_named(name),
+        None => WorkloadIdentityCredentialBuilder::from_env(),
+    };
+    run_with(args, builder, &mut out, &mut err).await
 }
 
 /// [`run`] with a given builder (the arguments override it) and output streams.
@@ -128,6 +138,7 @@ async fn fetch(
         scope,
         tenant_id,
         client_id,
+        identity: _, // chose the builder
         token_file,
         authority_host,
         output: _,
@@ -217,6 +228,12 @@ mod tests {
         assert_eq!(cli.token.output, OutputFormat::Json);
         assert_eq!(cli.token.tenant_id.as_deref(), Some("t"));
         assert!(Cli::try_parse_from(["wif"]).is_err(), "--scope is required");
+        let cli = Cli::try_parse_from(["wif", "--scope", "x", "--identity", "storage"]).expect("parse");
+        assert_eq!(cli.token.identity.as_deref(), Some("storage"));
+        assert!(
+            Cli::try_parse_from(["wif", "--scope", "x", "--identity", "a", "--client-id", "c"]).is_err(),
+            "--identity and --client-id exclude each other"
+        );
         assert!(Cli::try_parse_from(["wif", "--scope", "x", "--output", "yaml"]).is_err());
     }
 

@@ -93,6 +93,14 @@ impl WorkloadIdentityCredential {
         WorkloadIdentityCredentialBuilder::from_env().build()
     }
 
+    /// Like [`from_env`](Self::from_env), for the ServiceAccount's identity named `name`
+    /// (annotation `azure.workload.identity/client-id.<name>`): the client id comes from
+    /// `AZURE_CLIENT_ID_<NAME>` (upper-cased, `-` → `_`), the tenant from `AZURE_TENANT_ID_<NAME>`
+    /// if set, else `AZURE_TENANT_ID`; the token file and authority are shared.
+    pub fn from_env_named(name: &str) -> Result<Self> {
+        WorkloadIdentityCredentialBuilder::from_env_named(name).build()
+    }
+
     /// A builder with nothing set (see [`WorkloadIdentityCredentialBuilder::from_env`] to start
     /// from the environment).
     pub fn builder() -> WorkloadIdentityCredentialBuilder {
@@ -504,6 +512,8 @@ pub struct WorkloadIdentityCredentialBuilder {
     connect_timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     root_pems: Vec<Vec<u8>>,
+    /// The identity name given to [`WorkloadIdentityCredentialBuilder::from_env_named`].
+    identity: Option<String>,
 }
 
 impl fmt::Debug for WorkloadIdentityCredentialBuilder {
@@ -514,6 +524,7 @@ impl fmt::Debug for WorkloadIdentityCredentialBuilder {
             .field("token_file", &self.token_file)
             .field("assertion", &self.assertion)
             .field("authority_host", &self.authority_host)
+            .field("identity", &self.identity)
             .field("additionally_allowed_tenants", &self.allowed_tenants)
             .field("custom_http_client", &self.http_client.is_some())
             .field("timeout", &self.timeout)
@@ -551,6 +562,20 @@ impl WorkloadIdentityCredentialBuilder {
         }
         b.multitenant_disabled = env_var(env::AZURE_IDENTITY_DISABLE_MULTITENANTAUTH)
             .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        b
+    }
+
+    /// A builder pre-filled from the environment for the ServiceAccount's identity named `name`
+    /// (see [`WorkloadIdentityCredential::from_env_named`]). A missing `AZURE_CLIENT_ID_<NAME>`
+    /// or an invalid name is reported by [`build`](Self::build), unless
+    /// [`client_id`](Self::client_id) sets one.
+    pub fn from_env_named(name: &str) -> Self {
+        let mut b = Self::from_env();
+        b.client_id = env_var(&env::named_client_id(name));
+        if let Some(tenant) = env_var(&env::named_tenant_id(name)) {
+            b.tenant_id = Some(tenant);
+        }
+        b.identity = Some(name.to_owned());
         b
     }
 
@@ -678,15 +703,35 @@ impl WorkloadIdentityCredentialBuilder {
                 method: "tenant_id",
             })?;
         validate_tenant(&tenant_id, env::AZURE_TENANT_ID)?;
-        let client_id = self
+        if let Some(name) = self.identity.as_deref().filter(|n| !env::is_identity_name(n)) {
+            return Err(Error::InvalidSetting {
+                setting: "identity name",
+                value: name.to_owned(),
+                reason: "not a lower-case DNS label (a-z, 0-9 and '-', at most 63 characters), as in \
+                         azure.workload.identity/client-id.<name>"
+                    .into(),
+            });
+        }
+        let client_id = match self
             .client_id
             .map(|c| c.trim().to_owned())
             .filter(|c| !c.is_empty())
-            .ok_or(Error::MissingSetting {
-                setting: "client id",
-                env_var: env::AZURE_CLIENT_ID,
-                method: "client_id",
-            })?;
+        {
+            Some(c) => c,
+            None => {
+                return Err(match self.identity {
+                    Some(name) => Error::MissingNamedIdentity {
+                        env_var: env::named_client_id(&name),
+                        name,
+                    },
+                    None => Error::MissingSetting {
+                        setting: "client id",
+                        env_var: env::AZURE_CLIENT_ID,
+                        method: "client_id",
+                    },
+                });
+            }
+        };
         if client_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::InvalidSetting {
                 setting: env::AZURE_CLIENT_ID,

@@ -25,6 +25,18 @@ pub enum Error {
         method: &'static str,
     },
 
+    /// A named identity's client id is not in the environment.
+    #[error(
+        "missing client id of the identity {name:?}: set the {env_var} environment variable (the webhook sets it \
+         from the ServiceAccount annotation azure.workload.identity/client-id.{name})"
+    )]
+    MissingNamedIdentity {
+        /// The identity's name.
+        name: String,
+        /// The variable that was read.
+        env_var: String,
+    },
+
     /// A setting (from the builder or an environment variable) has an invalid value.
     #[error("invalid {setting} {value:?}: {reason}")]
     InvalidSetting {
@@ -250,6 +262,10 @@ impl Error {
             ),
             Self::TokenFileUnreadable { .. } | Self::TokenFileInvalid { .. } => Some(
                 "the pod needs the projected ServiceAccount token volume: label it azure.workload.identity/use=\"true\" so the webhook mounts it",
+            ),
+            Self::MissingNamedIdentity { .. } => Some(
+                "annotate the pod's ServiceAccount with azure.workload.identity/client-id.<name> and recreate the pod; \
+                 the names it has are the AZURE_CLIENT_ID_<NAME> variables in the container",
             ),
             Self::MissingSetting { .. } => Some(
                 "the webhook injects AZURE_* variables only into pods labelled azure.workload.identity/use=\"true\" whose ServiceAccount has the azure.workload.identity/client-id annotation",

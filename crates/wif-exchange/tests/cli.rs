@@ -11,6 +11,8 @@ use common::*;
 use wif_exchange::cli::{OutputFormat, TokenArgs};
 
 const CHILD: &str = "WIF_EXCHANGE_CLI_CHILD";
+/// Set in the child: `--identity <value>`.
+const IDENTITY: &str = "WIF_EXCHANGE_CLI_IDENTITY";
 
 /// Entry point of the child process: runs `cli::run` and exits with its code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +24,11 @@ async fn child_entry() {
     } else {
         OutputFormat::Text
     };
-    let code = wif_exchange::cli::run(TokenArgs::new(SCOPE).with_output(output)).await;
+    let mut args = TokenArgs::new(SCOPE).with_output(output);
+    if let Ok(name) = std::env::var(IDENTITY) {
+        args = args.with_identity(name);
+    }
+    let code = wif_exchange::cli::run(args).await;
     std::process::exit(code);
 }
 
@@ -179,4 +185,61 @@ async fn run_with_a_builder_in_process() {
     let code = wif_exchange::cli::run_with(TokenArgs::new(SCOPE), server.builder(), &mut out, &mut err).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(String::from_utf8(out).unwrap(), "token-1\n");
+}
+
+const STORAGE_CLIENT: &str = "22222222-3333-4444-5555-666666666666";
+const STORAGE_TENANT: &str = "33333333-4444-5555-6666-777777777777";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_identity_uses_its_own_client_id_and_tenant() {
+    let server = TestServer::issuing().await;
+    let ca = ca_file(&server);
+    let ca = ca.path().to_str().unwrap();
+    let run = run_child(
+        &server,
+        "text",
+        &[
+            ("SSL_CERT_FILE", ca),
+            (IDENTITY, "read-only"),
+            ("AZURE_CLIENT_ID_READ_ONLY", STORAGE_CLIENT),
+            ("AZURE_TENANT_ID_READ_ONLY", STORAGE_TENANT),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = &server.requests()[0];
+    assert_eq!(r.form["client_id"], STORAGE_CLIENT, "not AZURE_CLIENT_ID");
+    assert_eq!(r.tenant, STORAGE_TENANT);
+    assert_eq!(r.form["client_assertion"], ASSERTION, "the same token file");
+
+    // Without a tenant of its own, the shared AZURE_TENANT_ID.
+    let run = run_child(
+        &server,
+        "text",
+        &[
+            ("SSL_CERT_FILE", ca),
+            (IDENTITY, "storage"),
+            ("AZURE_CLIENT_ID_STORAGE", STORAGE_CLIENT),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let r = &server.requests()[1];
+    assert_eq!(r.form["client_id"], STORAGE_CLIENT);
+    assert_eq!(r.tenant, TENANT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_named_identity_names_its_variable_and_annotation() {
+    let server = TestServer::issuing().await;
+    let run = run_child(&server, "text", &[(IDENTITY, "storage")]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("AZURE_CLIENT_ID_STORAGE")
+            && run.stderr.contains("azure.workload.identity/client-id.storage"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.count(), 0, "AZURE_CLIENT_ID is not used instead");
+    let run = run_child(&server, "text", &[(IDENTITY, "Storage")]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("identity name"), "{}", run.stderr);
 }

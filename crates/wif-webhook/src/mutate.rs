@@ -18,12 +18,13 @@ use k8s_openapi::{
 use serde::ser::{SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 use wif_api::{
-    CLIENT_ID_ANNOTATION, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TOKEN_EXPIRATION_SECONDS, ENV_AUTHORITY_HOST,
-    ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID, INJECT_PROXY_SIDECAR_ANNOTATION,
-    MAX_TOKEN_EXPIRATION_SECONDS, MIN_TOKEN_EXPIRATION_SECONDS, MutationConfig, PREFIX,
-    PROXY_SIDECAR_PORT_ANNOTATION, SKIP_CONTAINERS_ANNOTATION, TENANT_ID_ANNOTATION,
-    TOKEN_EXPIRATION_ANNOTATION, TOKEN_FILE_NAME, TOKEN_FILE_PATH, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME,
-    USE_LABEL, USE_LABEL_VALUE,
+    AUDIENCE_ANNOTATION, CLIENT_ID_ANNOTATION, CONTAINER_IDENTITIES_ANNOTATION, DEFAULT_SERVICE_ACCOUNT,
+    DEFAULT_TOKEN_EXPIRATION_SECONDS, ENV_AUTHORITY_HOST, ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE,
+    ENV_TENANT_ID, EXTRA_TOKEN_AUDIENCES_ANNOTATION, EXTRA_TOKEN_FILE_SUFFIX,
+    INJECT_PROXY_SIDECAR_ANNOTATION, MAX_TOKEN_EXPIRATION_SECONDS, MIN_TOKEN_EXPIRATION_SECONDS,
+    MutationConfig, NAMED_CLIENT_ID_PREFIX, NAMED_TENANT_ID_PREFIX, PREFIX, PROXY_SIDECAR_PORT_ANNOTATION,
+    SKIP_CONTAINERS_ANNOTATION, TENANT_ID_ANNOTATION, TOKEN_EXPIRATION_ANNOTATION, TOKEN_FILE_NAME,
+    TOKEN_FILE_PATH, TOKEN_MOUNT_PATH, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE,
 };
 
 use crate::view::{MetaView, MountView, PodView, SpecView};
@@ -88,6 +89,53 @@ pub enum Denial {
         container: String,
         /// The volume mounted there.
         volume: String,
+    },
+    /// One of wif's own annotations (beyond upstream's) has a value it cannot use.
+    #[error("annotation {key}={value:?} on {object} is not valid: {reason}")]
+    InvalidAnnotation {
+        /// `pod ns/name` or `ServiceAccount ns/name`.
+        object: String,
+        /// The annotation.
+        key: &'static str,
+        /// Its value as written.
+        value: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// `container-identities` names a container the pod does not have.
+    #[error(
+        "annotation {CONTAINER_IDENTITIES_ANNOTATION}={value:?} on pod {pod} gives container {container:?} \
+         the identity {identity:?}, but the pod has no container or init container {container:?}; check the spelling"
+    )]
+    UnknownContainer {
+        /// `ns/name` of the pod.
+        pod: String,
+        /// The annotation's value as written.
+        value: String,
+        /// The container named.
+        container: String,
+        /// The identity named for it.
+        identity: String,
+    },
+    /// `container-identities` names an identity the ServiceAccount does not have.
+    #[error(
+        "annotation {CONTAINER_IDENTITIES_ANNOTATION}={value:?} on pod {pod} gives container {container:?} \
+         the identity {identity:?}, but ServiceAccount {service_account} has no annotation \
+         {NAMED_CLIENT_ID_PREFIX}{identity} (its named identities: {known}); annotate it, or fix the name"
+    )]
+    UnknownIdentity {
+        /// `ns/name` of the pod.
+        pod: String,
+        /// The annotation's value as written.
+        value: Box<str>,
+        /// The container named.
+        container: String,
+        /// The identity named for it.
+        identity: String,
+        /// `ns/name` of the ServiceAccount.
+        service_account: Box<str>,
+        /// The identity names the ServiceAccount has, or `none`.
+        known: Box<str>,
     },
 }
 
@@ -336,12 +384,34 @@ pub fn mutate_view(pod: &PodView<'_>, sa: &MetaView<'_>, cfg: &MutationConfig) -
     };
 
     let expiration = token_expiration(pod, sa, &pod_name)?;
+    let audience = audience(pod, sa, &pod_name, cfg)?;
+    let extra_tokens = extra_tokens(meta, &pod_name)?;
+    let named = named_identities(sa);
+    let assigned = container_identities(pod, spec, sa, &named, &pod_name)?;
     let skip = skip_containers(meta);
     let volumes = spec.volumes();
 
     let mut edits = Vec::new();
     match volumes.iter().find(|v| v.name == TOKEN_VOLUME_NAME) {
-        Some(v) if v.projects_token_at(TOKEN_FILE_NAME) => {} // the user's own token volume: their override
+        Some(v) if v.projects_token_at(TOKEN_FILE_NAME) => {
+            // The user's own token volume (or ours, on reinvocation): their override. It must
+            // already carry the extra tokens asked for; wif does not edit a volume it did not add.
+            if let Some((file, _)) = extra_tokens.iter().find(|(file, _)| !v.projects_token_at(file)) {
+                return Err(Denial::InvalidAnnotation {
+                    object: format!("pod {pod_name}"),
+                    key: EXTRA_TOKEN_AUDIENCES_ANNOTATION,
+                    value: meta
+                        .annotations
+                        .get(EXTRA_TOKEN_AUDIENCES_ANNOTATION)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    reason: format!(
+                        "the pod's own volume {TOKEN_VOLUME_NAME:?} does not project the file {file:?}; add a \
+                         serviceAccountToken source with that path to it, or let wif add the volume"
+                    ),
+                });
+            }
+        }
         Some(_) => return Err(Denial::VolumeNameCollision { pod: pod_name }),
         None => {
             if let Some(other) = volumes.iter().find(|v| v.projects_token_at(TOKEN_FILE_NAME)) {
@@ -351,7 +421,7 @@ pub fn mutate_view(pod: &PodView<'_>, sa: &MetaView<'_>, cfg: &MutationConfig) -
                 });
             }
             edits.push(Edit::AddVolume {
-                volume: Box::new(token_volume(cfg, expiration)),
+                volume: Box::new(token_volume(audience, expiration, &extra_tokens)),
                 create: volumes.is_empty(),
             });
         }
@@ -399,14 +469,23 @@ pub fn mutate_view(pod: &PodView<'_>, sa: &MetaView<'_>, cfg: &MutationConfig) -
             }
         };
         let env = container.env();
+        let (client_id, tenant_id) = match assigned.iter().find(|(c, _)| *c == container.name.as_ref()) {
+            Some((_, identity)) => (identity.client_id, identity.tenant_id.unwrap_or(tenant_id)),
+            None => (client_id.unwrap_or_default(), tenant_id),
+        };
         let desired = [
-            (ENV_CLIENT_ID, client_id.unwrap_or_default()),
+            (ENV_CLIENT_ID, client_id),
             (ENV_TENANT_ID, tenant_id),
             (ENV_FEDERATED_TOKEN_FILE, token_file.as_ref()),
             (ENV_AUTHORITY_HOST, cfg.authority_host.as_str()),
         ];
+        let named_vars = named.iter().flat_map(|n| {
+            std::iter::once((n.client_env.as_str(), n.client_id))
+                .chain(n.tenant_env.as_deref().zip(n.tenant_id))
+        });
         let vars: Vec<EnvVar> = desired
-            .iter()
+            .into_iter()
+            .chain(named_vars)
             .filter(|(name, value)| !value.is_empty() && !env.iter().any(|e| e.name == *name))
             .map(|(name, value)| EnvVar {
                 name: (*name).to_owned(),
@@ -424,8 +503,202 @@ pub fn mutate_view(pod: &PodView<'_>, sa: &MetaView<'_>, cfg: &MutationConfig) -
         }
     }
 
-    let warnings = warnings(pod, spec, sa, &skip, &pod_name, client_id.is_some());
+    let warnings = warnings(
+        pod,
+        spec,
+        sa,
+        &skip,
+        &pod_name,
+        client_id.is_some() || !named.is_empty(),
+    );
     Ok(Mutation { edits, warnings })
+}
+
+/// A named identity of the ServiceAccount: `client-id.<name>` (and `tenant-id.<name>`).
+struct Named<'a> {
+    name: &'a str,
+    client_id: &'a str,
+    tenant_id: Option<&'a str>,
+    client_env: String,
+    tenant_env: Option<String>,
+}
+
+/// The ServiceAccount's named identities with a non-empty client id, by name. Keys whose name is
+/// not a lower-case DNS label are skipped (and warned about).
+fn named_identities<'a>(sa: &'a MetaView<'_>) -> Vec<Named<'a>> {
+    let mut out: Vec<Named<'a>> = sa
+        .annotations
+        .iter()
+        .filter_map(|(key, client_id)| {
+            let name = key.strip_prefix(NAMED_CLIENT_ID_PREFIX)?;
+            if !wif_api::is_identity_name(name) || client_id.is_empty() {
+                return None;
+            }
+            let tenant_id = sa
+                .annotations
+                .iter()
+                .find(|(k, v)| k.strip_prefix(NAMED_TENANT_ID_PREFIX) == Some(name) && !v.is_empty())
+                .map(|(_, v)| v);
+            Some(Named {
+                name,
+                client_id,
+                tenant_id,
+                client_env: wif_api::named_client_id_env(name),
+                tenant_env: tenant_id.map(|_| wif_api::named_tenant_id_env(name)),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(b.name));
+    out
+}
+
+/// `container-identities`: each listed container and the named identity it gets.
+fn container_identities<'a, 'n>(
+    pod: &'a PodView<'_>,
+    spec: &SpecView<'_>,
+    sa: &MetaView<'_>,
+    named: &'n [Named<'a>],
+    pod_name: &str,
+) -> Result<Vec<(&'a str, &'n Named<'a>)>, Denial> {
+    let Some(value) = pod.metadata.annotations.get(CONTAINER_IDENTITIES_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |reason: String| Denial::InvalidAnnotation {
+        object: format!("pod {pod_name}"),
+        key: CONTAINER_IDENTITIES_ANNOTATION,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut out: Vec<(&'a str, &'n Named<'a>)> = Vec::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((container, identity)) = entry.split_once('=').map(|(c, i)| (c.trim(), i.trim())) else {
+            return Err(invalid(format!(
+                "entry {entry:?} is not <container>=<identity name>; separate entries with ';'"
+            )));
+        };
+        if container.is_empty() || identity.is_empty() {
+            return Err(invalid(format!(
+                "entry {entry:?} is not <container>=<identity name>; separate entries with ';'"
+            )));
+        }
+        let exists = spec
+            .init_containers()
+            .iter()
+            .chain(spec.containers())
+            .any(|c| c.name == container);
+        if !exists {
+            return Err(Denial::UnknownContainer {
+                pod: pod_name.to_owned(),
+                value: value.to_owned(),
+                container: container.to_owned(),
+                identity: identity.to_owned(),
+            });
+        }
+        let Some(found) = named.iter().find(|n| n.name == identity) else {
+            let known = if named.is_empty() {
+                "none".to_owned()
+            } else {
+                named.iter().map(|n| n.name).collect::<Vec<_>>().join(", ")
+            };
+            return Err(Denial::UnknownIdentity {
+                pod: pod_name.to_owned(),
+                value: value.into(),
+                container: container.to_owned(),
+                identity: identity.to_owned(),
+                service_account: sa_ref(sa).into(),
+                known: known.into(),
+            });
+        };
+        match out.iter().find(|(c, _)| *c == container) {
+            Some((_, other)) if other.name != found.name => {
+                return Err(invalid(format!(
+                    "container {container:?} is given two identities, {:?} and {:?}",
+                    other.name, found.name
+                )));
+            }
+            Some(_) => {}
+            None => out.push((container, found)),
+        }
+    }
+    Ok(out)
+}
+
+/// The projected token's audience: pod annotation, else ServiceAccount annotation, else the
+/// install's; empty values count as unset.
+fn audience<'a>(
+    pod: &'a PodView<'_>,
+    sa: &'a MetaView<'_>,
+    pod_name: &str,
+    cfg: &'a MutationConfig,
+) -> Result<&'a str, Denial> {
+    let (value, object) = match pod
+        .metadata
+        .annotations
+        .get(AUDIENCE_ANNOTATION)
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) => (v, format!("pod {pod_name}")),
+        None => match sa.annotations.get(AUDIENCE_ANNOTATION).filter(|v| !v.is_empty()) {
+            Some(v) => (v, format!("ServiceAccount {}", sa_ref(sa))),
+            None => return Ok(cfg.audience.as_str()),
+        },
+    };
+    match wif_api::audience_problem(value) {
+        None => Ok(value),
+        Some(why) => Err(Denial::InvalidAnnotation {
+            object,
+            key: AUDIENCE_ANNOTATION,
+            value: value.to_owned(),
+            reason: format!(
+                "{why}; Entra accepts an audience of at most {} characters without whitespace or '*'",
+                wif_api::MAX_AUDIENCE_LEN
+            ),
+        }),
+    }
+}
+
+/// `extra-token-audiences`: (file name, audience) of each extra token, in the order written.
+fn extra_tokens<'a>(meta: &'a MetaView<'_>, pod_name: &str) -> Result<Vec<(String, &'a str)>, Denial> {
+    let Some(value) = meta.annotations.get(EXTRA_TOKEN_AUDIENCES_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |reason: String| Denial::InvalidAnnotation {
+        object: format!("pod {pod_name}"),
+        key: EXTRA_TOKEN_AUDIENCES_ANNOTATION,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut out: Vec<(String, &'a str)> = Vec::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, audience)) = entry.split_once('=').map(|(n, a)| (n.trim(), a.trim())) else {
+            return Err(invalid(format!(
+                "entry {entry:?} is not <name>=<audience>; separate entries with ';'"
+            )));
+        };
+        if !wif_api::is_identity_name(name) {
+            return Err(invalid(format!(
+                "{name:?} in entry {entry:?} is not a lower-case DNS label (a-z, 0-9, '-'; at most 63)"
+            )));
+        }
+        if let Some(why) = wif_api::audience_problem(audience) {
+            return Err(invalid(format!(
+                "the audience of {name:?} is not valid: {why}; Entra accepts at most {} characters \
+                 without whitespace or '*'",
+                wif_api::MAX_AUDIENCE_LEN
+            )));
+        }
+        let file = format!("{name}{EXTRA_TOKEN_FILE_SUFFIX}");
+        if file == TOKEN_FILE_NAME {
+            return Err(invalid(format!(
+                "the name {name:?} would write {file:?}, the Azure token's file; choose another name"
+            )));
+        }
+        if out.iter().any(|(f, _)| *f == file) {
+            return Err(invalid(format!("the name {name:?} is given twice")));
+        }
+        out.push((file, audience));
+    }
+    Ok(out)
 }
 
 /// `ns/name` of the pod for messages; `ns/prefix*` for a pod whose name is generated later.
@@ -505,18 +778,22 @@ fn token_file_for<'a>(mount: &'a MountView<'_>) -> Cow<'a, str> {
     }
 }
 
-fn token_volume(cfg: &MutationConfig, expiration: i64) -> Volume {
+fn token_volume(audience: &str, expiration: i64, extra: &[(String, &str)]) -> Volume {
+    let source = |audience: &str, path: &str| VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(audience.to_owned()),
+            expiration_seconds: Some(expiration),
+            path: path.to_owned(),
+        }),
+        ..VolumeProjection::default()
+    };
+    let mut sources = Vec::with_capacity(1 + extra.len());
+    sources.push(source(audience, TOKEN_FILE_NAME));
+    sources.extend(extra.iter().map(|(file, audience)| source(audience, file)));
     Volume {
         name: TOKEN_VOLUME_NAME.to_owned(),
         projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(cfg.audience.clone()),
-                    expiration_seconds: Some(expiration),
-                    path: TOKEN_FILE_NAME.to_owned(),
-                }),
-                ..VolumeProjection::default()
-            }]),
+            sources: Some(sources),
             default_mode: None,
         }),
         ..Volume::default()
@@ -575,6 +852,9 @@ const PLACEMENT: &[(&str, &[Place])] = &[
     (SKIP_CONTAINERS_ANNOTATION, &[Place::PodAnnotation]),
     (INJECT_PROXY_SIDECAR_ANNOTATION, &[Place::PodAnnotation]),
     (PROXY_SIDECAR_PORT_ANNOTATION, &[Place::PodAnnotation]),
+    (CONTAINER_IDENTITIES_ANNOTATION, &[Place::PodAnnotation]),
+    (AUDIENCE_ANNOTATION, &[Place::PodAnnotation, Place::SaAnnotation]),
+    (EXTRA_TOKEN_AUDIENCES_ANNOTATION, &[Place::PodAnnotation]),
 ];
 
 fn warnings(
@@ -648,6 +928,26 @@ fn warnings(
 
 fn key_warning(key: &str, place: Place, object: &str) -> Option<String> {
     let suffix = key.strip_prefix(PREFIX)?;
+    let named = [NAMED_CLIENT_ID_PREFIX, NAMED_TENANT_ID_PREFIX]
+        .into_iter()
+        .find_map(|prefix| Some((prefix, key.strip_prefix(prefix)?)));
+    if let Some((prefix, name)) = named {
+        if place != Place::SaAnnotation {
+            return Some(format!(
+                "{key} is {} {} on {object}, but wif reads it only as a ServiceAccount annotation",
+                if place.kind() == "label" { "a" } else { "an" },
+                place.kind()
+            ));
+        }
+        if !wif_api::is_identity_name(name) {
+            return Some(format!(
+                "annotation {key} on {object} is ignored: {name:?} is not a lower-case DNS label (a-z, 0-9, \
+                 '-'); rename it, e.g. {prefix}{}",
+                name.to_ascii_lowercase().replace(['_', '.', ' '], "-")
+            ));
+        }
+        return None;
+    }
     if let Some((_, places)) = PLACEMENT.iter().find(|(k, _)| *k == key) {
         if places.contains(&place) {
             return None;

@@ -77,6 +77,11 @@ impl<'a> WifKeys<'a> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
     }
 
+    /// The keys and values, in input order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
     /// The keys.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_ref())

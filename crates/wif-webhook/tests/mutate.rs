@@ -758,3 +758,424 @@ fn fields_unknown_to_our_types_survive_the_patch() {
     assert_eq!(raw["spec"]["containers"][0]["futureContainerField"], json!(true));
     assert_eq!(raw["spec"]["containers"][0]["env"].as_array().unwrap().len(), 4);
 }
+
+// === beyond upstream: named identities, identity per container, audience, extra tokens ===
+
+const READER: &str = "22222222-2222-2222-2222-222222222222";
+const ADMIN: &str = "33333333-3333-3333-3333-333333333333";
+const OTHER_TENANT: &str = "99999999-9999-9999-9999-999999999999";
+
+fn multi_sa() -> ObjectMeta {
+    sa(&[
+        ("azure.workload.identity/client-id", CLIENT),
+        ("azure.workload.identity/client-id.reader", READER),
+        ("azure.workload.identity/client-id.read-write", ADMIN),
+        ("azure.workload.identity/tenant-id.read-write", OTHER_TENANT),
+    ])
+}
+
+fn var<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+fn sources(pod: &Pod) -> Vec<(String, String, i64)> {
+    token_volume(pod)
+        .unwrap()
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .iter()
+        .flatten()
+        .map(|s| {
+            let t = s.service_account_token.as_ref().unwrap();
+            (
+                t.path.clone(),
+                t.audience.clone().unwrap(),
+                t.expiration_seconds.unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn named_identities_add_a_variable_per_name_to_every_container() {
+    let (out, warnings) = mutated(&pod(), &multi_sa(), &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for name in ["init", "app", "sidecar"] {
+        let env = env_of(find(&out, name));
+        let mut want = expected_env(Some(CLIENT), TENANT);
+        want.push(("AZURE_CLIENT_ID_READ_WRITE".into(), ADMIN.into()));
+        want.push(("AZURE_TENANT_ID_READ_WRITE".into(), OTHER_TENANT.into()));
+        want.push(("AZURE_CLIENT_ID_READER".into(), READER.into()));
+        assert_eq!(
+            env, want,
+            "{name}: upstream's four first, then the names in order"
+        );
+    }
+}
+
+#[test]
+fn named_identities_alone_do_not_warn_about_the_missing_default() {
+    let s = sa(&[("azure.workload.identity/client-id.reader", READER)]);
+    let (out, warnings) = mutated(&pod(), &s, &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let env = env_of(find(&out, "app"));
+    assert_eq!(var(&env, "AZURE_CLIENT_ID"), None);
+    assert_eq!(var(&env, "AZURE_CLIENT_ID_READER"), Some(READER));
+}
+
+#[rstest]
+#[case::upper_case("azure.workload.identity/client-id.Reader", "client-id.reader")]
+#[case::underscore("azure.workload.identity/client-id.read_only", "client-id.read-only")]
+#[case::tenant("azure.workload.identity/tenant-id.X", "tenant-id.x")]
+fn badly_named_identities_are_ignored_with_a_warning(#[case] key: &str, #[case] suggestion: &str) {
+    let s = sa(&[("azure.workload.identity/client-id", CLIENT), (key, READER)]);
+    let (out, warnings) = mutated(&pod(), &s, &cfg());
+    assert_eq!(
+        env_of(find(&out, "app")),
+        expected_env(Some(CLIENT), TENANT),
+        "no variable for an invalid name"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(key) && warnings[0].contains(suggestion) && warnings[0].contains("apps/api"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_named_client_id_on_the_pod_says_it_belongs_on_the_service_account() {
+    let p = pod().annotate("azure.workload.identity/client-id.reader", READER);
+    let (_, warnings) = mutated(&p, &annotated_sa(), &cfg());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("only as a ServiceAccount annotation"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn an_empty_named_client_id_adds_nothing() {
+    let s = sa(&[
+        ("azure.workload.identity/client-id", CLIENT),
+        ("azure.workload.identity/client-id.reader", ""),
+    ]);
+    let (out, _) = mutated(&pod(), &s, &cfg());
+    assert_eq!(env_of(find(&out, "app")), expected_env(Some(CLIENT), TENANT));
+}
+
+#[test]
+fn a_users_own_named_variable_is_kept() {
+    let p = pod().with_spec(|s| {
+        s.containers[0].env = Some(vec![EnvVar {
+            name: "AZURE_CLIENT_ID_READER".into(),
+            value: Some("mine".into()),
+            value_from: None,
+        }])
+    });
+    let (out, _) = mutated(&p, &multi_sa(), &cfg());
+    let env = env_of(find(&out, "app"));
+    assert_eq!(var(&env, "AZURE_CLIENT_ID_READER"), Some("mine"));
+    assert_eq!(
+        env.iter().filter(|(n, _)| n == "AZURE_CLIENT_ID_READER").count(),
+        1
+    );
+}
+
+#[test]
+fn container_identities_set_each_containers_client_and_tenant() {
+    let p = pod().annotate(
+        "azure.workload.identity/container-identities",
+        " app=reader ; sidecar=read-write;init=reader",
+    );
+    let (out, warnings) = mutated(&p, &multi_sa(), &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let app = env_of(find(&out, "app"));
+    assert_eq!(var(&app, "AZURE_CLIENT_ID"), Some(READER));
+    assert_eq!(
+        var(&app, "AZURE_TENANT_ID"),
+        Some(TENANT),
+        "reader has no tenant of its own"
+    );
+    let sidecar = env_of(find(&out, "sidecar"));
+    assert_eq!(var(&sidecar, "AZURE_CLIENT_ID"), Some(ADMIN));
+    assert_eq!(var(&sidecar, "AZURE_TENANT_ID"), Some(OTHER_TENANT));
+    assert_eq!(
+        var(&sidecar, "AZURE_CLIENT_ID_READER"),
+        Some(READER),
+        "the named variables are still there"
+    );
+    assert_eq!(var(&env_of(find(&out, "init")), "AZURE_CLIENT_ID"), Some(READER));
+}
+
+#[test]
+fn container_identities_leave_unlisted_containers_on_the_default() {
+    let p = pod().annotate("azure.workload.identity/container-identities", "sidecar=reader");
+    let (out, _) = mutated(&p, &multi_sa(), &cfg());
+    assert_eq!(var(&env_of(find(&out, "app")), "AZURE_CLIENT_ID"), Some(CLIENT));
+    assert_eq!(
+        var(&env_of(find(&out, "sidecar")), "AZURE_CLIENT_ID"),
+        Some(READER)
+    );
+}
+
+#[test]
+fn an_unknown_container_is_refused_naming_container_and_identity() {
+    let p = pod().annotate("azure.workload.identity/container-identities", "api=reader");
+    let err = mutate(&p, &multi_sa(), &cfg()).unwrap_err();
+    assert!(matches!(err, Denial::UnknownContainer { .. }), "{err:?}");
+    let msg = err.to_string();
+    for part in [
+        "pod apps/web",
+        "azure.workload.identity/container-identities",
+        "\"api=reader\"",
+        "container \"api\"",
+        "identity \"reader\"",
+    ] {
+        assert!(msg.contains(part), "{part} not in {msg}");
+    }
+}
+
+#[test]
+fn an_unknown_identity_is_refused_naming_container_identity_and_the_known_ones() {
+    let p = pod().annotate("azure.workload.identity/container-identities", "app=writer");
+    let err = mutate(&p, &multi_sa(), &cfg()).unwrap_err();
+    assert!(matches!(err, Denial::UnknownIdentity { .. }), "{err:?}");
+    let msg = err.to_string();
+    for part in [
+        "pod apps/web",
+        "container \"app\"",
+        "identity \"writer\"",
+        "ServiceAccount apps/api",
+        "azure.workload.identity/client-id.writer",
+        "read-write, reader",
+    ] {
+        assert!(msg.contains(part), "{part} not in {msg}");
+    }
+    let msg = mutate(&p, &annotated_sa(), &cfg()).unwrap_err().to_string();
+    assert!(msg.contains("named identities: none"), "{msg}");
+}
+
+#[rstest]
+#[case::no_equals("app")]
+#[case::no_identity("app=")]
+#[case::no_container("=reader")]
+#[case::two_identities("app=reader;app=read-write")]
+fn malformed_container_identities_are_refused(#[case] value: &str) {
+    let p = pod().annotate("azure.workload.identity/container-identities", value);
+    let err = mutate(&p, &multi_sa(), &cfg()).unwrap_err();
+    match &err {
+        Denial::InvalidAnnotation {
+            object,
+            key,
+            value: v,
+            ..
+        } => {
+            assert_eq!(object, "pod apps/web");
+            assert_eq!(*key, "azure.workload.identity/container-identities");
+            assert_eq!(v, value);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_same_assignment_twice_is_fine() {
+    let p = pod().annotate(
+        "azure.workload.identity/container-identities",
+        "app=reader;app=reader;",
+    );
+    let (out, _) = mutated(&p, &multi_sa(), &cfg());
+    assert_eq!(var(&env_of(find(&out, "app")), "AZURE_CLIENT_ID"), Some(READER));
+}
+
+#[rstest]
+#[case::default(None, None, "api://AzureADTokenExchange")]
+#[case::sa(None, Some("sts.amazonaws.com"), "sts.amazonaws.com")]
+#[case::pod_wins(Some("api://custom"), Some("sts.amazonaws.com"), "api://custom")]
+#[case::empty_pod_falls_back(Some(""), Some("sts.amazonaws.com"), "sts.amazonaws.com")]
+fn audience_precedence(#[case] on_pod: Option<&str>, #[case] on_sa: Option<&str>, #[case] want: &str) {
+    let key = "azure.workload.identity/audience";
+    let mut p = pod();
+    if let Some(v) = on_pod {
+        p = p.annotate(key, v);
+    }
+    let mut s = annotated_sa();
+    if let Some(v) = on_sa {
+        s.annotations.as_mut().unwrap().insert(key.into(), v.into());
+    }
+    let (out, warnings) = mutated(&p, &s, &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        sources(&out),
+        vec![("azure-identity-token".into(), want.into(), 3600)]
+    );
+    // The file and the variables do not move.
+    assert_eq!(env_of(find(&out, "app")), expected_env(Some(CLIENT), TENANT));
+}
+
+#[test]
+fn audience_annotation_wins_over_the_installs_audience() {
+    let mut c = cfg();
+    c.audience = "api://install-wide".into();
+    let (out, _) = mutated(&pod(), &annotated_sa(), &c);
+    assert_eq!(sources(&out)[0].1, "api://install-wide");
+    let p = pod().annotate("azure.workload.identity/audience", "api://mine");
+    let (out, _) = mutated(&p, &annotated_sa(), &c);
+    assert_eq!(sources(&out)[0].1, "api://mine");
+}
+
+#[rstest]
+#[case::space("api://a b", "whitespace", "pod apps/web")]
+#[case::tab("api://a\tb", "whitespace", "pod apps/web")]
+#[case::star("api://*", "'*'", "pod apps/web")]
+#[case::long(&"a".repeat(601), "600", "pod apps/web")]
+fn invalid_audiences_are_refused_with_the_reason(
+    #[case] value: &str,
+    #[case] why: &str,
+    #[case] object: &str,
+) {
+    let p = pod().annotate("azure.workload.identity/audience", value);
+    let err = mutate(&p, &annotated_sa(), &cfg()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Denial::InvalidAnnotation { key, value: v, object: o, .. }
+            if *key == "azure.workload.identity/audience" && v == value && o == object),
+        "{err:?}"
+    );
+    assert!(msg.contains(why) && msg.contains(object), "{msg}");
+}
+
+#[test]
+fn an_invalid_audience_on_the_service_account_names_it() {
+    let mut s = annotated_sa();
+    s.annotations
+        .as_mut()
+        .unwrap()
+        .insert("azure.workload.identity/audience".into(), "a*".into());
+    let msg = mutate(&pod(), &s, &cfg()).unwrap_err().to_string();
+    assert!(
+        msg.contains("ServiceAccount apps/api") && msg.contains("\"a*\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn extra_token_audiences_project_more_files_into_the_same_volume() {
+    let p = pod()
+        .annotate(
+            "azure.workload.identity/extra-token-audiences",
+            "aws=sts.amazonaws.com; gcp = //iam.googleapis.com/projects/1/pools/p",
+        )
+        .annotate("azure.workload.identity/service-account-token-expiration", "7200");
+    let (out, warnings) = mutated(&p, &annotated_sa(), &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        sources(&out),
+        vec![
+            (
+                "azure-identity-token".into(),
+                "api://AzureADTokenExchange".into(),
+                7200
+            ),
+            ("aws-token".into(), "sts.amazonaws.com".into(), 7200),
+            (
+                "gcp-token".into(),
+                "//iam.googleapis.com/projects/1/pools/p".into(),
+                7200
+            ),
+        ]
+    );
+    assert_eq!(env_of(find(&out, "app")), expected_env(Some(CLIENT), TENANT));
+    assert!(has_token_mount(find(&out, "app")));
+}
+
+#[rstest]
+#[case::no_equals("aws")]
+#[case::bad_name("AWS=sts.amazonaws.com")]
+#[case::bad_audience("aws=a b")]
+#[case::star("aws=*")]
+#[case::empty_audience("aws=")]
+#[case::azure_file("azure-identity=x")]
+#[case::twice("aws=a;aws=b")]
+fn malformed_extra_token_audiences_are_refused(#[case] value: &str) {
+    let p = pod().annotate("azure.workload.identity/extra-token-audiences", value);
+    let err = mutate(&p, &annotated_sa(), &cfg()).unwrap_err();
+    match &err {
+        Denial::InvalidAnnotation {
+            object,
+            key,
+            value: v,
+            ..
+        } => {
+            assert_eq!(object, "pod apps/web");
+            assert_eq!(*key, "azure.workload.identity/extra-token-audiences");
+            assert_eq!(v, value);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains(value), "{err}");
+}
+
+#[test]
+fn extra_tokens_and_the_users_own_volume() {
+    let key = "azure.workload.identity/extra-token-audiences";
+    // The pod's own token volume without the extra file: refused, naming it.
+    let own = pod().annotate(key, "aws=sts.amazonaws.com").with_spec(|s| {
+        s.volumes = Some(vec![token_projection(
+            "azure-identity-token",
+            "azure-identity-token",
+        )])
+    });
+    let msg = mutate(&own, &annotated_sa(), &cfg()).unwrap_err().to_string();
+    assert!(msg.contains("\"aws-token\"") && msg.contains(key), "{msg}");
+    // With it: kept as it is.
+    let own = own.with_spec(|s| {
+        let v = &mut s.volumes.as_mut().unwrap()[0];
+        let sources = v.projected.as_mut().unwrap().sources.as_mut().unwrap();
+        let mut extra = sources[0].clone();
+        extra.service_account_token.as_mut().unwrap().path = "aws-token".into();
+        sources.push(extra);
+    });
+    let (out, _) = mutated(&own, &annotated_sa(), &cfg());
+    assert_eq!(sources(&out).len(), 2);
+    // Another volume projecting our file is refused as today.
+    let clash = pod()
+        .annotate(key, "aws=sts.amazonaws.com")
+        .with_spec(|s| s.volumes = Some(vec![token_projection("mine", "azure-identity-token")]));
+    assert!(matches!(
+        mutate(&clash, &annotated_sa(), &cfg()),
+        Err(Denial::TokenPathCollision { .. })
+    ));
+}
+
+#[test]
+fn every_new_key_together_is_idempotent() {
+    let p = pod()
+        .annotate(
+            "azure.workload.identity/container-identities",
+            "sidecar=read-write",
+        )
+        .annotate("azure.workload.identity/audience", "api://custom")
+        .annotate(
+            "azure.workload.identity/extra-token-audiences",
+            "aws=sts.amazonaws.com",
+        );
+    let (once, _) = mutated(&p, &multi_sa(), &cfg());
+    let again = mutate(&once, &multi_sa(), &cfg()).unwrap();
+    assert!(again.is_noop(), "{:?}", again.edits);
+}
+
+#[test]
+fn new_keys_on_an_unlabelled_pod_change_nothing() {
+    let mut p = pod()
+        .annotate("azure.workload.identity/container-identities", "nope=nothing")
+        .annotate("azure.workload.identity/audience", "a b")
+        .annotate("azure.workload.identity/extra-token-audiences", "bad");
+    p.metadata.labels = None;
+    let m = mutate(&p, &multi_sa(), &cfg()).unwrap();
+    assert!(m.is_noop() && m.warnings.is_empty());
+}

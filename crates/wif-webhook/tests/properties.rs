@@ -1,5 +1,7 @@
 //! Property tests: on any pod, mutation never panics, its patch applied to the input gives the
-//! pod it describes, and mutating that result again changes nothing.
+//! pod it describes, and mutating that result again changes nothing; with none of wif's own keys
+//! (named identities, container identities, audience, extra tokens) the result is what upstream's
+//! rules give, as a small model of them here says.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -22,6 +24,7 @@ fn env_var() -> impl Strategy<Value = EnvVar> {
             "AZURE_TENANT_ID",
             "AZURE_FEDERATED_TOKEN_FILE",
             "AZURE_AUTHORITY_HOST",
+            "AZURE_CLIENT_ID_READER",
             "PATH",
             "X",
         ]),
@@ -132,6 +135,165 @@ fn pod() -> impl Strategy<Value = Pod> {
         })
 }
 
+/// A pod that may also carry wif's own keys (valid or not).
+fn pod_with_new_keys() -> impl Strategy<Value = Pod> {
+    (
+        pod(),
+        option::of(select(vec![
+            "a=reader",
+            "b=admin;app=reader",
+            "init=admin",
+            "zzz=reader",
+            "a=nobody",
+            "a",
+        ])),
+        option::of(select(vec!["api://custom", "", "sts.amazonaws.com", "a b", "*"])),
+        option::of(select(vec![
+            "aws=sts.amazonaws.com",
+            "aws=x;gcp=y",
+            "Bad=x",
+            "azure-identity=x",
+        ])),
+    )
+        .prop_map(|(mut pod, identities, audience, extra)| {
+            let a = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            for (key, value) in [
+                ("azure.workload.identity/container-identities", identities),
+                ("azure.workload.identity/audience", audience),
+                ("azure.workload.identity/extra-token-audiences", extra),
+            ] {
+                if let Some(v) = value {
+                    a.insert(key.to_owned(), v.to_owned());
+                }
+            }
+            pod
+        })
+}
+
+/// A ServiceAccount that may also have named identities.
+fn sa_with_new_keys() -> impl Strategy<Value = ObjectMeta> {
+    (
+        sa(),
+        option::of(select(vec!["", "rid"])),
+        option::of(select(vec!["aid"])),
+        option::of(select(vec!["", "atid"])),
+        option::of(select(vec!["api://sa", "x*"])),
+    )
+        .prop_map(|(mut sa, reader, admin, admin_tenant, audience)| {
+            let a = sa.annotations.get_or_insert_with(BTreeMap::new);
+            for (key, value) in [
+                ("azure.workload.identity/client-id.reader", reader),
+                ("azure.workload.identity/client-id.admin", admin),
+                ("azure.workload.identity/tenant-id.admin", admin_tenant),
+                ("azure.workload.identity/audience", audience),
+            ] {
+                if let Some(v) = value {
+                    a.insert(key.to_owned(), v.to_owned());
+                }
+            }
+            sa
+        })
+}
+
+/// Upstream's mutation (DESIGN.md §3, reference/upstream-webhook.md steps 7-12) as wif has always
+/// applied it, for a pod the webhook admits: four variables appended when absent and non-empty,
+/// the token mount appended unless the container mounts the volume itself, the volume appended
+/// unless the pod has it.
+fn upstream_model(pod: &Pod, sa: &ObjectMeta, cfg: &MutationConfig) -> Pod {
+    let get = |m: &Option<BTreeMap<String, String>>, k: &str| {
+        m.as_ref()
+            .and_then(|m| m.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let mut out = pod.clone();
+    if get(&pod.metadata.labels, "azure.workload.identity/use").as_deref() != Some("true") {
+        return out;
+    }
+    let key = "azure.workload.identity/service-account-token-expiration";
+    let expiration: i64 = get(&pod.metadata.annotations, key)
+        .or_else(|| get(&sa.annotations, key))
+        .map_or(3600, |v| v.trim().parse().unwrap());
+    let client = get(&sa.annotations, "azure.workload.identity/client-id").unwrap_or_default();
+    let tenant = get(&sa.annotations, "azure.workload.identity/tenant-id").unwrap_or(cfg.tenant_id.clone());
+    let skip: Vec<String> = get(
+        &pod.metadata.annotations,
+        "azure.workload.identity/skip-containers",
+    )
+    .map(|s| s.split(';').map(|n| n.trim().to_owned()).collect())
+    .unwrap_or_default();
+    let spec = out.spec.as_mut().unwrap();
+    let containers = spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut());
+    for c in containers.filter(|c| !skip.contains(&c.name)) {
+        let own = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "azure-identity-token")
+            .cloned();
+        let file = match own {
+            Some(m) => {
+                let dir = m.mount_path.trim_end_matches('/');
+                match m.sub_path.as_deref() {
+                    None | Some("") => format!("{dir}/azure-identity-token"),
+                    Some("azure-identity-token") => dir.to_owned(),
+                    Some(_) => "/var/run/secrets/azure/tokens/azure-identity-token".to_owned(),
+                }
+            }
+            None => {
+                c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+                    name: "azure-identity-token".into(),
+                    mount_path: "/var/run/secrets/azure/tokens".into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+                "/var/run/secrets/azure/tokens/azure-identity-token".to_owned()
+            }
+        };
+        for (name, value) in [
+            ("AZURE_CLIENT_ID", client.as_str()),
+            ("AZURE_TENANT_ID", tenant.as_str()),
+            ("AZURE_FEDERATED_TOKEN_FILE", file.as_str()),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ] {
+            if !value.is_empty() && !c.env.iter().flatten().any(|e| e.name == name) {
+                c.env.get_or_insert_with(Vec::new).push(EnvVar {
+                    name: name.into(),
+                    value: Some(value.into()),
+                    value_from: None,
+                });
+            }
+        }
+    }
+    if !spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == "azure-identity-token")
+    {
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "azure-identity-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some("api://AzureADTokenExchange".into()),
+                        expiration_seconds: Some(expiration),
+                        path: "azure-identity-token".into(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                default_mode: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    out
+}
+
 fn sa() -> impl Strategy<Value = ObjectMeta> {
     (
         option::of(select(vec!["", "cid"])),
@@ -173,6 +335,37 @@ proptest! {
     }
 
     #[test]
+    fn with_new_keys_the_patch_matches_and_mutation_is_idempotent(pod in pod_with_new_keys(), sa in sa_with_new_keys()) {
+        let cfg = MutationConfig::new("t", Cloud::Public);
+        let Ok(m) = mutate(&pod, &sa, &cfg) else { return Ok(()) };
+        let mut typed = pod.clone();
+        m.apply(&mut typed);
+        let mut raw = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut raw, &m.patch().unwrap()).unwrap();
+        prop_assert_eq!(&raw, &serde_json::to_value(&typed).unwrap());
+        let again = mutate(&typed, &sa, &cfg).unwrap();
+        prop_assert!(again.is_noop(), "second pass edited: {:?}", again.edits);
+        let before = &pod.spec.as_ref().unwrap().containers;
+        for (b, c) in before.iter().zip(typed.spec.as_ref().unwrap().containers.iter()) {
+            for e in c.env.iter().flatten() {
+                let had = b.env.iter().flatten().filter(|x| x.name == e.name).count();
+                let has = c.env.iter().flatten().filter(|x| x.name == e.name).count();
+                prop_assert!(has <= had.max(1), "{} duplicated in {}", e.name, c.name);
+            }
+        }
+    }
+
+    /// Pods and ServiceAccounts with none of wif's own keys get exactly upstream's result.
+    #[test]
+    fn without_new_keys_the_result_is_upstreams(pod in pod(), sa in sa()) {
+        let cfg = MutationConfig::new("t", Cloud::Public);
+        let Ok(m) = mutate(&pod, &sa, &cfg) else { return Ok(()) };
+        let mut typed = pod.clone();
+        m.apply(&mut typed);
+        prop_assert_eq!(typed, upstream_model(&pod, &sa, &cfg));
+    }
+
+    #[test]
     fn every_env_name_appears_at_most_once_per_container(pod in pod(), sa in sa()) {
         let cfg = MutationConfig::new("t", Cloud::Public);
         if let Ok(m) = mutate(&pod, &sa, &cfg) {
@@ -194,8 +387,8 @@ proptest! {
     /// with quotes, escapes and non-ASCII text).
     #[test]
     fn a_decoded_review_mutates_like_the_typed_pod(
-        pod in pod(),
-        sa in sa(),
+        pod in pod_with_new_keys(),
+        sa in sa_with_new_keys(),
         extra in vec((select(vec![
             "app",
             "azure.workload.identity/client_id",

@@ -2,7 +2,7 @@
 //! and returns one [`Check`] (✓, ✗ with a fix, or skipped with the reason). The command in
 //! `cmd/doctor.rs` does the reading and prints the [`Report`].
 
-use std::{collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::{admissionregistration::v1::MutatingWebhook, core::v1::Pod},
@@ -10,7 +10,8 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 use wif_api::{
-    CLIENT_ID_ANNOTATION, ENV_AUTHORITY_HOST, ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID,
+    CLIENT_ID_ANNOTATION, CONTAINER_IDENTITIES_ANNOTATION, ENV_AUTHORITY_HOST, ENV_CLIENT_ID,
+    ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID, NAMED_CLIENT_ID_PREFIX, NAMED_TENANT_ID_PREFIX,
     SKIP_CONTAINERS_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE,
 };
 
@@ -30,8 +31,8 @@ pub enum Status {
 pub struct Check {
     /// Outcome.
     pub status: Status,
-    /// What was checked, a few words.
-    pub name: &'static str,
+    /// What was checked, a few words (and, for a named identity, its name in parentheses).
+    pub name: Cow<'static, str>,
     /// What was found.
     pub detail: String,
     /// What to do, for a failure.
@@ -40,33 +41,49 @@ pub struct Check {
 
 impl Check {
     /// A passed check.
-    pub fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+    pub fn pass(name: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Self {
             status: Status::Pass,
-            name,
+            name: name.into(),
             detail: detail.into(),
             fix: None,
         }
     }
 
     /// A failed check and how to fix it.
-    pub fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn fail(
+        name: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             status: Status::Fail,
-            name,
+            name: name.into(),
             detail: detail.into(),
             fix: Some(fix.into()),
         }
     }
 
     /// A check that could not be made, and why.
-    pub fn skip(name: &'static str, reason: impl Into<String>) -> Self {
+    pub fn skip(name: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
         Self {
             status: Status::Skip,
-            name,
+            name: name.into(),
             detail: reason.into(),
             fix: None,
         }
+    }
+}
+
+impl Check {
+    /// The same check, named for the identity `name` (`<check> (<name>)`); the default
+    /// identity's checks keep their plain names.
+    #[must_use]
+    pub fn for_identity(mut self, name: Option<&str>) -> Self {
+        if let Some(name) = name {
+            self.name = format!("{} ({name})", self.name).into();
+        }
+        self
     }
 }
 
@@ -194,8 +211,82 @@ pub fn client_id(sa: &ObjectMeta) -> (Check, Option<String>) {
     }
 }
 
+/// One identity of a ServiceAccount: the default one (`client-id`) or a named one
+/// (`client-id.<name>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `None` for the default identity.
+    pub name: Option<String>,
+    /// Its client id.
+    pub client_id: String,
+    /// Its own tenant (`tenant-id.<name>`), if any.
+    pub tenant_id: Option<String>,
+}
+
+/// The ServiceAccount's named identities: a check (None when it has none, so a ServiceAccount
+/// using only upstream's keys gets upstream's report) and the usable ones, by name.
+pub fn named_identities(sa: &ObjectMeta) -> (Option<Check>, Vec<Identity>) {
+    const NAME: &str = "named identities";
+    let annotations = sa.annotations.clone().unwrap_or_default();
+    let ns = sa.namespace.as_deref().unwrap_or_default();
+    let sa_name = sa.name.as_deref().unwrap_or_default();
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for (key, value) in &annotations {
+        let Some(name) = key.strip_prefix(NAMED_CLIENT_ID_PREFIX) else {
+            if let Some(name) = key.strip_prefix(NAMED_TENANT_ID_PREFIX)
+                && !annotations.contains_key(&format!("{NAMED_CLIENT_ID_PREFIX}{name}"))
+            {
+                problems.push(format!("{key} has no {NAMED_CLIENT_ID_PREFIX}{name} beside it"));
+            }
+            continue;
+        };
+        let value = value.trim();
+        if !wif_api::is_identity_name(name) {
+            problems.push(format!(
+                "{key}: {name:?} is not a lower-case DNS label, so it is ignored"
+            ));
+        } else if !is_guid(value) {
+            problems.push(format!("{key}={value:?} is not a client id (a GUID)"));
+        } else {
+            found.push(Identity {
+                name: Some(name.to_owned()),
+                client_id: value.to_owned(),
+                tenant_id: annotations
+                    .get(&format!("{NAMED_TENANT_ID_PREFIX}{name}"))
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty()),
+            });
+        }
+    }
+    if found.is_empty() && problems.is_empty() {
+        return (None, found);
+    }
+    let listed = found
+        .iter()
+        .map(|i| format!("{}={}", i.name.as_deref().unwrap_or_default(), i.client_id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let check = if problems.is_empty() {
+        Check::pass(NAME, listed)
+    } else {
+        Check::fail(
+            NAME,
+            problems.join("; "),
+            format!(
+                "kubectl -n {ns} annotate serviceaccount {sa_name} --overwrite {NAMED_CLIENT_ID_PREFIX}<name>=<client id> \
+                 (name: lower-case letters, digits and '-')"
+            ),
+        )
+    };
+    (Some(check), found)
+}
+
 /// The pod carries the token volume, and every container not skipped the variables and mount.
-pub fn injection(pod: &Pod, client_id: Option<&str>) -> Check {
+/// `named` are the ServiceAccount's named identities: each container must carry
+/// `AZURE_CLIENT_ID_<NAME>`, and a container the pod's `container-identities` assigns one must
+/// carry its client id as `AZURE_CLIENT_ID`.
+pub fn injection(pod: &Pod, client_id: Option<&str>, named: &[Identity]) -> Check {
     const NAME: &str = "pod injected";
     let meta = &pod.metadata;
     let name = meta.name.as_deref().unwrap_or_default();
@@ -227,6 +318,17 @@ pub fn injection(pod: &Pod, client_id: Option<&str>) -> Check {
         .and_then(|a| a.get(SKIP_CONTAINERS_ANNOTATION))
         .map(|s| s.split(';').map(str::trim).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
+    let assigned: Vec<(&str, &str)> = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_IDENTITIES_ANNOTATION))
+        .map(|s| {
+            s.split(';')
+                .filter_map(|e| e.split_once('='))
+                .map(|(c, i)| (c.trim(), i.trim()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut problems = Vec::new();
     let mut seen = 0;
     for c in spec
@@ -252,13 +354,36 @@ pub fn injection(pod: &Pod, client_id: Option<&str>) -> Check {
                 _ => {}
             }
         }
-        if let (Some(want), Some(have)) = (client_id, env(ENV_CLIENT_ID).and_then(|e| e.value.as_deref()))
+        let own = assigned.iter().find(|(name, _)| *name == c.name).map(|(_, i)| *i);
+        let want = match own {
+            Some(identity) => named
+                .iter()
+                .find(|n| n.name.as_deref() == Some(identity))
+                .map(|n| n.client_id.as_str()),
+            None => client_id,
+        };
+        if let (Some(want), Some(have)) = (want, env(ENV_CLIENT_ID).and_then(|e| e.value.as_deref()))
             && have != want
         {
+            let whose = match own {
+                Some(identity) => format!("its identity {identity:?} ({CONTAINER_IDENTITIES_ANNOTATION})"),
+                None => "the ServiceAccount".to_owned(),
+            };
             problems.push(format!(
-                "{}: {ENV_CLIENT_ID}={have} but the ServiceAccount says {want}",
+                "{}: {ENV_CLIENT_ID}={have} but {whose} says {want}",
                 c.name
             ));
+        }
+        for n in named {
+            let var = wif_api::named_client_id_env(n.name.as_deref().unwrap_or_default());
+            match env(&var).and_then(|e| e.value.as_deref()) {
+                None => problems.push(format!("{}: no {var}", c.name)),
+                Some(have) if have != n.client_id => problems.push(format!(
+                    "{}: {var}={have} but the ServiceAccount says {}",
+                    c.name, n.client_id
+                )),
+                Some(_) => {}
+            }
         }
         if !c
             .volume_mounts
@@ -425,6 +550,10 @@ pub struct BindingView {
     pub credential: Option<(String, String, Vec<String>)>,
     /// `status.tenantId`.
     pub tenant_id: Option<String>,
+    /// `status.clientId`.
+    pub client_id: Option<String>,
+    /// `spec.identityName`: the named identity it binds (None: the default one).
+    pub identity_name: Option<String>,
 }
 
 impl BindingView {
@@ -466,14 +595,45 @@ impl BindingView {
                 .as_str()
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
+            client_id: status["clientId"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+            identity_name: binding["spec"]["identityName"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
         })
+    }
+
+    /// The binding of `bindings` that serves `identity`: the one naming it, else the one whose
+    /// reported client id is the identity's; for the default identity, else the first binding
+    /// that names no identity.
+    pub fn find<'a>(bindings: &'a [BindingView], identity: &Identity) -> Option<&'a BindingView> {
+        bindings
+            .iter()
+            .find(|b| identity.name.is_some() && b.identity_name == identity.name)
+            .or_else(|| {
+                bindings
+                    .iter()
+                    .find(|b| b.client_id.as_deref() == Some(identity.client_id.as_str()))
+            })
+            .or_else(|| {
+                bindings
+                    .iter()
+                    .find(|b| identity.name.is_none() && b.identity_name.is_none())
+            })
     }
 }
 
 /// A FederatedIdentityBinding exists for the ServiceAccount and is Ready.
 pub fn binding_ready(namespace: &str, service_account: &str, bindings: &[BindingView]) -> Check {
     const NAME: &str = "FederatedIdentityBinding";
-    let Some(b) = bindings.first() else {
+    // The first one that is not Ready, else the first (one per identity of the ServiceAccount).
+    let not_ready = bindings
+        .iter()
+        .find(|b| b.ready.as_ref().is_none_or(|(s, _, _)| s != "True"));
+    let Some(b) = not_ready.or(bindings.first()) else {
         return Check::fail(
             NAME,
             format!("none in {namespace} for ServiceAccount {service_account}"),
@@ -629,8 +789,12 @@ mod tests {
 
     #[test]
     fn injected_pod_passes_and_a_stale_client_id_fails() {
-        assert_eq!(injection(&injected_pod(ID), Some(ID)).status, Status::Pass);
-        let stale = injection(&injected_pod("00000000-0000-0000-0000-000000000000"), Some(ID));
+        assert_eq!(injection(&injected_pod(ID), Some(ID), &[]).status, Status::Pass);
+        let stale = injection(
+            &injected_pod("00000000-0000-0000-0000-000000000000"),
+            Some(ID),
+            &[],
+        );
         assert_eq!(stale.status, Status::Fail);
         assert!(stale.detail.contains("ServiceAccount says"), "{stale}");
         assert!(stale.fix.unwrap().contains("recreate"));
@@ -641,7 +805,7 @@ mod tests {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "x"}]}}))
         .unwrap();
-        let check = injection(&pod, Some(ID));
+        let check = injection(&pod, Some(ID), &[]);
         assert_eq!(check.status, Status::Fail);
         assert!(check.detail.contains("did not mutate"), "{check}");
     }
@@ -652,9 +816,128 @@ mod tests {
         let spec = pod.spec.as_mut().unwrap();
         spec.containers
             .push(serde_json::from_value(json!({"name": "proxy", "image": "x"})).unwrap());
-        assert_eq!(injection(&pod, Some(ID)).status, Status::Fail);
+        assert_eq!(injection(&pod, Some(ID), &[]).status, Status::Fail);
         pod.metadata.annotations = Some([(SKIP_CONTAINERS_ANNOTATION.to_owned(), "proxy".to_owned())].into());
-        assert_eq!(injection(&pod, Some(ID)).status, Status::Pass);
+        assert_eq!(injection(&pod, Some(ID), &[]).status, Status::Pass);
+    }
+
+    const READER: &str = "22222222-2222-2222-2222-222222222222";
+
+    #[test]
+    fn named_identities_are_listed_and_bad_ones_named() {
+        let (check, found) = named_identities(&meta(&[], &[("azure.workload.identity/client-id", ID)]));
+        assert_eq!(check, None, "no named keys: no line, as upstream");
+        assert!(found.is_empty());
+
+        let (check, found) = named_identities(&meta(
+            &[],
+            &[
+                ("azure.workload.identity/client-id.reader", READER),
+                ("azure.workload.identity/tenant-id.reader", "t2"),
+            ],
+        ));
+        let check = check.unwrap();
+        assert_eq!(check.status, Status::Pass, "{check}");
+        assert!(check.detail.contains(&format!("reader={READER}")), "{check}");
+        assert_eq!(
+            found,
+            vec![Identity {
+                name: Some("reader".into()),
+                client_id: READER.into(),
+                tenant_id: Some("t2".into())
+            }]
+        );
+
+        for (key, value, says) in [
+            (
+                "azure.workload.identity/client-id.Reader",
+                READER,
+                "lower-case DNS label",
+            ),
+            (
+                "azure.workload.identity/client-id.reader",
+                "my-app",
+                "not a client id",
+            ),
+            (
+                "azure.workload.identity/tenant-id.writer",
+                "t",
+                "client-id.writer",
+            ),
+        ] {
+            let (check, _) = named_identities(&meta(&[], &[(key, value)]));
+            let check = check.unwrap();
+            assert_eq!(check.status, Status::Fail, "{check}");
+            assert!(check.detail.contains(says), "{check}");
+        }
+    }
+
+    #[test]
+    fn injection_checks_named_variables_and_container_identities() {
+        let reader = Identity {
+            name: Some("reader".into()),
+            client_id: READER.into(),
+            tenant_id: None,
+        };
+        let mut pod = injected_pod(ID);
+        let check = injection(&pod, Some(ID), std::slice::from_ref(&reader));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("no AZURE_CLIENT_ID_READER"), "{check}");
+        let env = pod.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
+        env.push(serde_json::from_value(json!({"name": "AZURE_CLIENT_ID_READER", "value": READER})).unwrap());
+        assert_eq!(
+            injection(&pod, Some(ID), std::slice::from_ref(&reader)).status,
+            Status::Pass
+        );
+        // The pod assigns the container the reader identity: AZURE_CLIENT_ID must be reader's.
+        pod.metadata.annotations = Some(
+            [(
+                CONTAINER_IDENTITIES_ANNOTATION.to_owned(),
+                "app=reader".to_owned(),
+            )]
+            .into(),
+        );
+        let check = injection(&pod, Some(ID), std::slice::from_ref(&reader));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("its identity \"reader\""), "{check}");
+        pod.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap()[0].value = Some(READER.into());
+        assert_eq!(injection(&pod, Some(ID), &[reader]).status, Status::Pass);
+    }
+
+    #[test]
+    fn bindings_are_found_per_identity() {
+        let view = |name: &str, client: &str, identity: Option<&str>| BindingView {
+            name: name.into(),
+            ready: None,
+            credential: None,
+            tenant_id: None,
+            client_id: Some(client.into()),
+            identity_name: identity.map(Into::into),
+        };
+        let all = [
+            view("named", "x", Some("reader")),
+            view("by-client", READER, None),
+            view("default", ID, None),
+        ];
+        let default = Identity {
+            name: None,
+            client_id: ID.into(),
+            tenant_id: None,
+        };
+        let reader = Identity {
+            name: Some("reader".into()),
+            client_id: READER.into(),
+            tenant_id: None,
+        };
+        assert_eq!(BindingView::find(&all, &default).unwrap().name, "default");
+        assert_eq!(BindingView::find(&all, &reader).unwrap().name, "named");
+        assert_eq!(BindingView::find(&all[1..], &reader).unwrap().name, "by-client");
+        assert_eq!(
+            Check::pass("token exchange", "ok")
+                .for_identity(Some("reader"))
+                .to_string(),
+            "✓ token exchange (reader): ok"
+        );
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {

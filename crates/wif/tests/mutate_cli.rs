@@ -114,3 +114,111 @@ fn bad_input_names_the_file() {
     let out = wif(&["mutate", "--pod", SA, "--service-account", SA], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds a ServiceAccount, expected a Pod"));
 }
+
+#[test]
+fn named_identities_container_identities_and_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.yaml");
+    let sa_text = std::fs::read_to_string(format!("{}/{SA}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace(
+            "  annotations:\n",
+            "  annotations:\n    azure.workload.identity/client-id.logs: 22222222-2222-2222-2222-222222222222\n    \
+             azure.workload.identity/audience: api://sa-audience\n",
+        );
+    std::fs::write(&sa, sa_text).unwrap();
+    let pod = std::fs::read_to_string(format!("{}/{POD}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace(
+            "  labels:",
+            "  annotations:\n    azure.workload.identity/container-identities: log-shipper=logs\n  labels:",
+        );
+    let out = wif(
+        &[
+            "mutate",
+            "--pod",
+            "-",
+            "--service-account",
+            sa.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        Some(&pod),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env = |i: usize, name: &str| {
+        pod["spec"]["containers"][i]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        env(0, "AZURE_CLIENT_ID").as_deref(),
+        Some("5b1f3c8e-0000-4000-8000-000000000de0")
+    );
+    assert_eq!(
+        env(1, "AZURE_CLIENT_ID").as_deref(),
+        Some("22222222-2222-2222-2222-222222222222")
+    );
+    assert_eq!(
+        env(0, "AZURE_CLIENT_ID_LOGS").as_deref(),
+        Some("22222222-2222-2222-2222-222222222222")
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "api://sa-audience"
+    );
+
+    // The install's audience, as the webhook's --audience gives it.
+    let plain = std::fs::read_to_string(format!("{}/{POD}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let out = wif(
+        &[
+            "mutate",
+            "--pod",
+            "-",
+            "--service-account",
+            SA,
+            "-o",
+            "json",
+            "--audience",
+            "api://install",
+        ],
+        Some(&plain),
+    );
+    let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "api://install"
+    );
+
+    // An unknown identity: refused, naming container and identity.
+    let bad = plain.replace(
+        "  labels:",
+        "  annotations:\n    azure.workload.identity/container-identities: api=nobody\n  labels:",
+    );
+    let out = wif(&["mutate", "--pod", "-", "--service-account", SA], Some(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("container \"api\"") && stderr.contains("identity \"nobody\""),
+        "{stderr}"
+    );
+}
+
+/// The webhook and the exchange library name a named identity's variable the same way.
+#[test]
+fn webhook_and_exchange_agree_on_variable_names() {
+    for name in ["storage", "read-only", "a1-b2"] {
+        assert_eq!(
+            wif_api::named_client_id_env(name),
+            wif_exchange::env::named_client_id(name)
+        );
+        assert_eq!(
+            wif_api::named_tenant_id_env(name),
+            wif_exchange::env::named_tenant_id(name)
+        );
+    }
+}

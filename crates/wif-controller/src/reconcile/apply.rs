@@ -258,9 +258,24 @@ impl<'a> Apply<'a> {
             return true;
         }
         let manager = naming::service_account_manager(&self.b.name_any());
-        let want = spec
-            .annotate_service_account
-            .then_some((resolved.client_id.as_str(), resolved.tenant_id.as_str()));
+        let default_audience = ctx.settings.default_audience.as_str();
+        let audience = spec.audience.as_deref().unwrap_or(default_audience);
+        if let Some(found) = service_account::audience_mismatch(
+            &sa,
+            &manager,
+            audience,
+            default_audience,
+            spec.annotate_service_account,
+        ) {
+            self.report.obs.service_account = verdict::audience_mismatch(ns, sa_name, &found, audience);
+            return true;
+        }
+        let want = spec.annotate_service_account.then_some(service_account::Wanted {
+            client_id: &resolved.client_id,
+            tenant_id: &resolved.tenant_id,
+            identity_name: spec.identity_name.as_deref(),
+            audience: (audience != default_audience).then_some(audience),
+        });
         let plan = service_account::annotation_plan(&sa, &manager, want);
         if plan != AnnotationPlan::Nothing && !ctx.leadership.is_leader() {
             self.report.obs.service_account =
@@ -281,7 +296,14 @@ impl<'a> Apply<'a> {
                 ),
             ));
         }
-        self.report.obs.service_account = verdict::service_account(&applied, annotate, ns, sa_name, resolved);
+        self.report.obs.service_account = verdict::service_account(
+            &applied,
+            annotate,
+            ns,
+            sa_name,
+            resolved,
+            spec.identity_name.as_deref(),
+        );
         true
     }
 

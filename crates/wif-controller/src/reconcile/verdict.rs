@@ -320,19 +320,36 @@ pub fn service_account_waiting(ns: &str, sa: &str) -> Check {
     )
 }
 
-/// `ServiceAccountReady` from the result of annotating it.
+/// `ServiceAccountReady=False`: its pods get tokens for another audience than the credential
+/// trusts (the audience annotation, or the default when it has none).
+pub fn audience_mismatch(ns: &str, sa: &str, found: &str, audience: &str) -> Check {
+    Check::fail(
+        Reason::AudienceMismatch,
+        format!(
+            "ServiceAccount {ns}/{sa}'s pods get tokens for audience {found:?} (annotation {} or the default), \
+             but this binding's credential trusts {audience:?}: Entra would answer AADSTS700212; make \
+             spec.audience and the annotation agree",
+            wif_api::AUDIENCE_ANNOTATION
+        ),
+    )
+}
+
+/// `ServiceAccountReady` from the result of annotating it (`identity_name`: the binding's named
+/// identity, whose annotations carry the `.<name>` suffix).
 pub fn service_account(
     applied: &Result<Applied, kube::Error>,
     annotate: bool,
     ns: &str,
     sa: &str,
     r: &ResolvedIdentity,
+    identity_name: Option<&str>,
 ) -> Check {
+    let suffix = identity_name.map(|n| format!(".{n}")).unwrap_or_default();
     match applied {
         Ok(Applied::Done) if annotate => Check::ok(
             Reason::Annotated,
             format!(
-                "ServiceAccount {ns}/{sa} carries client-id {} and tenant-id {}",
+                "ServiceAccount {ns}/{sa} carries client-id{suffix} {} and tenant-id{suffix} {}",
                 r.client_id, r.tenant_id
             ),
         ),

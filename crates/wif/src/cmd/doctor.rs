@@ -21,11 +21,11 @@ use kube::{
 };
 use serde_json::{Value, json};
 use wif_api::{
-    CLIENT_ID_ANNOTATION, DEFAULT_AUDIENCE, DEFAULT_SERVICE_ACCOUNT, ENV_AUTHORITY_HOST, ENV_TENANT_ID,
-    MUTATE_PATH, TENANT_ID_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE,
+    AUDIENCE_ANNOTATION, CLIENT_ID_ANNOTATION, DEFAULT_AUDIENCE, DEFAULT_SERVICE_ACCOUNT, ENV_AUTHORITY_HOST,
+    ENV_TENANT_ID, MUTATE_PATH, TENANT_ID_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE,
 };
 
-use crate::doctor::{self, BindingView, Check, Expected, Report};
+use crate::doctor::{self, BindingView, Check, Expected, Identity, Report};
 
 /// Flags of `wif doctor`.
 #[derive(Debug, Args)]
@@ -197,7 +197,21 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
         )),
     }
     let (check, client_id) = doctor::client_id(&sa.metadata);
-    out.add(check);
+    let (named_check, named) = doctor::named_identities(&sa.metadata);
+    if client_id.is_none() && !named.is_empty() && !annotation_present(&sa.metadata, CLIENT_ID_ANNOTATION) {
+        out.add(Check::skip(
+            "ServiceAccount client id",
+            format!(
+                "no {CLIENT_ID_ANNOTATION} annotation, so no AZURE_CLIENT_ID: containers use the named identities \
+                 (AZURE_CLIENT_ID_<NAME>, or their own through azure.workload.identity/container-identities)"
+            ),
+        ));
+    } else {
+        out.add(check);
+    }
+    if let Some(check) = named_check {
+        out.add(check);
+    }
 
     // The webhook: configured, selecting this namespace, reachable with a verifying caBundle,
     // and actually called by the API server.
@@ -207,13 +221,16 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
         out.add(admission(&client, &ns, &sa_name, hook).await);
     }
     if let Some(p) = &pod {
-        out.add(doctor::injection(p, client_id.as_deref()));
+        out.add(doctor::injection(p, client_id.as_deref(), &named));
     }
 
     // Entra's side: binding, credential, and what the API server really issues.
+    // What the pod's token carries; without a pod, what the webhook would project for the
+    // ServiceAccount (its audience annotation, else the default).
     let audience = pod
         .as_ref()
         .and_then(pod_audience)
+        .or_else(|| annotation(&sa.metadata, AUDIENCE_ANNOTATION))
         .unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned());
     let bindings = bindings(&mut out, &client, &ns, &sa_name).await;
     let issuer = discovered_issuer(&client).await;
@@ -245,16 +262,29 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
             None
         }
     };
+    // Every identity of the ServiceAccount: the default one, then each named one.
+    let identities: Vec<Identity> = std::iter::once(Identity {
+        name: None,
+        client_id: client_id.clone().unwrap_or_default(),
+        tenant_id: None,
+    })
+    .chain(named.iter().cloned())
+    .collect();
     if let Some(expected) = &expected {
-        match bindings.as_ref().and_then(|b| b.first()) {
-            Some(b) => out.add(doctor::credential_matches(expected, b)),
-            None => out.add(Check::skip(
-                "credential issuer/subject/audience",
-                format!(
-                    "no binding to compare; Entra's federated credential must say issuer={} subject={} audience={}",
-                    expected.issuer, expected.subject, expected.audience
+        let skip_default = client_id.is_none() && !named.is_empty();
+        for identity in identities.iter().skip(usize::from(skip_default)) {
+            let binding = bindings.as_deref().and_then(|b| BindingView::find(b, identity));
+            let check = match binding {
+                Some(b) => doctor::credential_matches(expected, b),
+                None => Check::skip(
+                    "credential issuer/subject/audience",
+                    format!(
+                        "no binding to compare; Entra's federated credential must say issuer={} subject={} audience={}",
+                        expected.issuer, expected.subject, expected.audience
+                    ),
                 ),
-            )),
+            };
+            out.add(check.for_identity(identity.name.as_deref()));
         }
     }
 
@@ -269,10 +299,21 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
         let authority = authority_host
             .or_else(|| pod.as_ref().and_then(|p| pod_env(p, ENV_AUTHORITY_HOST)))
             .unwrap_or_else(|| wif_exchange::DEFAULT_AUTHORITY_HOST.to_owned());
-        let check = match (token, client_id, tenant) {
+        let ca = match &ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("failed to read --ca-file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let check = match (token.clone(), client_id, tenant.clone()) {
             (None, _, _) => Check::skip(
                 "token exchange",
                 "no ServiceAccount token to exchange (see above)",
+            ),
+            (_, None, _) if !named.is_empty() => Check::skip(
+                "token exchange",
+                "no default identity; the named ones are exchanged below",
             ),
             (_, None, _) => Check::fail(
                 "token exchange",
@@ -285,17 +326,46 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
                 "pass --tenant-id, or annotate the ServiceAccount with azure.workload.identity/tenant-id",
             ),
             (Some(token), Some(client_id), Some(tenant)) => {
-                let ca = match &ca_file {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .with_context(|| format!("failed to read --ca-file {}", path.display()))?,
-                    ),
-                    None => None,
-                };
-                exchange_token(token, &client_id, &tenant, &authority, &scope, ca, timeout).await
+                exchange_token(
+                    token,
+                    &client_id,
+                    &tenant,
+                    &authority,
+                    &scope,
+                    ca.clone(),
+                    timeout,
+                )
+                .await
             }
         };
         out.add(check);
+        for identity in named.iter() {
+            let tenant = identity.tenant_id.clone().or_else(|| tenant.clone());
+            let check = match (&token, tenant) {
+                (None, _) => Check::skip(
+                    "token exchange",
+                    "no ServiceAccount token to exchange (see above)",
+                ),
+                (_, None) => Check::fail(
+                    "token exchange",
+                    "no tenant known",
+                    "pass --tenant-id, or annotate the ServiceAccount with azure.workload.identity/tenant-id",
+                ),
+                (Some(token), Some(tenant)) => {
+                    exchange_token(
+                        token.clone(),
+                        &identity.client_id,
+                        &tenant,
+                        &authority,
+                        &scope,
+                        ca.clone(),
+                        timeout,
+                    )
+                    .await
+                }
+            };
+            out.add(check.for_identity(identity.name.as_deref()));
+        }
     }
     Ok(out.0)
 }
@@ -319,6 +389,10 @@ where
         }
         Err(e) => Err(e).with_context(|| format!("failed to read {what} {name}")),
     }
+}
+
+fn annotation_present(meta: &ObjectMeta, key: &str) -> bool {
+    meta.annotations.as_ref().is_some_and(|a| a.contains_key(key))
 }
 
 fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {

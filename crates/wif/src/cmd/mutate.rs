@@ -37,6 +37,10 @@ pub struct MutateArgs {
     /// Azure cloud name or https:// authority URL.
     #[arg(long, env = "AZURE_ENVIRONMENT", default_value = "AzurePublicCloud")]
     cloud: String,
+    /// The install's token audience (the webhook's --audience), used when neither the pod nor
+    /// the ServiceAccount has an azure.workload.identity/audience annotation.
+    #[arg(long, default_value = wif_api::DEFAULT_AUDIENCE)]
+    audience: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     output: Output,
@@ -60,6 +64,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         namespace,
         tenant_id,
         cloud,
+        audience,
         output,
     } = args;
     anyhow::ensure!(
@@ -76,7 +81,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
     let cfg = MutationConfig {
         tenant_id,
         authority_host: AuthorityHost::parse(&cloud).context("invalid --cloud")?,
-        audience: wif_api::DEFAULT_AUDIENCE.to_owned(),
+        audience,
     };
     let mutation = match wif_webhook::mutate(&pod, &sa.metadata, &cfg) {
         Ok(m) => m,
