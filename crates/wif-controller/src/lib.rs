@@ -32,6 +32,7 @@ pub mod plan;
 pub mod propagation;
 pub mod reconcile;
 pub mod service_account;
+pub mod unmutated;
 
 use std::{
     sync::{
@@ -125,6 +126,7 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
     validate(&cfg)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let unmutated_metrics = unmutated::UnmutatedMetrics::new(&mut registry);
     let registry = Arc::new(Mutex::new(registry));
 
     let http = azure::http_client(&cfg.azure.extra_ca_pems, Duration::from_secs(10))?;
@@ -279,6 +281,16 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
         synced,
     };
 
+    let unmutated_task = tokio::spawn(unmutated::run(
+        client.clone(),
+        cfg.unmutated.clone(),
+        cfg.watch_namespace.clone(),
+        cfg.credential.tenant_id.clone(),
+        shared.recorder.clone(),
+        unmutated_metrics,
+        leading.clone(),
+        stop.clone(),
+    ));
     match cfg.leader.clone() {
         None => {
             leading.store(true, Ordering::Release);
@@ -316,6 +328,7 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
         }
     }
     stop.cancel();
+    let _ = unmutated_task.await;
     let _ = admin_task.await;
     tracing::info!("controller exited");
     Ok(())

@@ -9,4 +9,5 @@ mod exchange;
 mod harness;
 mod helm;
 mod token;
+mod unmutated;
 mod webhook;
