@@ -42,7 +42,7 @@ struct Owned {
 }
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-static OWNED: Mutex<Option<Owned>> = Mutex::new(None);
+static OWNED: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
 
 /// The control plane for this test process: `$WIF_E2E_CONTROLPLANE` (the READY JSON of one
 /// started by the caller) if set, else one started now. Panics with the logs if it cannot start.
@@ -60,6 +60,15 @@ pub fn control_plane() -> ControlPlane {
         })
         .clone()
         .unwrap_or_else(|e| panic!("the test control plane is not available: {e}"))
+}
+
+/// A control plane of the calling test alone (for cluster-wide objects other tests must not
+/// see), started with `extra` arguments; it lives until this process exits.
+pub fn private_control_plane(extra: &[&str]) -> ControlPlane {
+    crate::init();
+    binary()
+        .and_then(|bin| start(&bin, extra))
+        .unwrap_or_else(|e| panic!("a private control plane did not start: {e:#}"))
 }
 
 fn binary() -> anyhow::Result<PathBuf> {
@@ -148,7 +157,8 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
     };
     let cp: ControlPlane = serde_json::from_str(&ready).context("bad READY line")?;
     eprintln!("e2e: control plane ready at {} (issuer {})", cp.server, cp.issuer);
-    *OWNED.lock().map_err(|_| anyhow!("poisoned"))? = Some(Owned {
+    // A test may start a private control plane beside the shared one: keep them all.
+    OWNED.lock().map_err(|_| anyhow!("poisoned"))?.push(Owned {
         _stdin: stdin,
         _guard: guard,
         _dir: dir,
@@ -192,7 +202,11 @@ pub struct TestNs {
 impl TestNs {
     /// Creates `e2e-<prefix>-<random>`.
     pub async fn new(prefix: &str) -> Self {
-        let cp = control_plane();
+        Self::new_on(control_plane(), prefix).await
+    }
+
+    /// Creates `e2e-<prefix>-<random>` on `cp` (e.g. a private control plane).
+    pub async fn new_on(cp: ControlPlane, prefix: &str) -> Self {
         let client = cp.client().await;
         let name = format!("e2e-{prefix}-{:04x}", rand::random::<u16>());
         let ns = Namespace {

@@ -65,6 +65,11 @@ impl WebhookProcess {
     /// Fail, sideEffects None, reinvocationPolicy IfNeeded) and waits until the API server calls
     /// it.
     pub async fn start(ns: &TestNs, opts: WebhookOptions) -> Self {
+        Self::start_named(ns, opts, None).await
+    }
+
+    /// [`WebhookProcess::start`] with its own configuration name (a second webhook in `ns`).
+    pub async fn start_named(ns: &TestNs, opts: WebhookOptions, config_name: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wif-e2e-hook-")
             .tempdir()
@@ -89,6 +94,9 @@ impl WebhookProcess {
             dir.path().join("tls.key").display().to_string(),
         ];
         let mut hook = Self::spawn(ns, &opts, dir, ca.cert_pem, cert_args);
+        if let Some(name) = config_name {
+            hook.config_name = name.to_owned();
+        }
         hook.wait_ready().await;
         let api: Api<MutatingWebhookConfiguration> = Api::all(ns.client.clone());
         api.create(&PostParams::default(), &hook.configuration(&ns.name))

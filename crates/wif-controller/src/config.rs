@@ -119,6 +119,8 @@ pub struct ControllerConfig {
     pub leader: Option<LeaderConfig>,
     /// Plain-HTTP address of `/healthz`, `/readyz`, `/metrics`.
     pub admin_listen: SocketAddr,
+    /// The unmutated-pod reconciler.
+    pub unmutated: crate::unmutated::UnmutatedConfig,
 }
 
 impl ControllerConfig {
@@ -140,6 +142,7 @@ impl ControllerConfig {
             propagation: PropagationConfig::default(),
             leader: None,
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9441)),
+            unmutated: crate::unmutated::UnmutatedConfig::default(),
         }
     }
 

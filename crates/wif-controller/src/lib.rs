@@ -31,6 +31,7 @@ pub mod propagation;
 pub mod reasons;
 pub mod reconcile;
 pub mod service_account;
+pub mod unmutated;
 
 use std::{
     sync::{
@@ -124,6 +125,7 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
     validate(&cfg)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let unmutated_metrics = unmutated::UnmutatedMetrics::new(&mut registry);
     let registry = Arc::new(Mutex::new(registry));
 
     let http = azure::http_client(&cfg.azure.extra_ca_pems, Duration::from_secs(10))?;
@@ -278,6 +280,16 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
         synced,
     };
 
+    let unmutated_task = tokio::spawn(unmutated::run(
+        client.clone(),
+        cfg.unmutated.clone(),
+        cfg.watch_namespace.clone(),
+        cfg.credential.tenant_id.clone(),
+        shared.recorder.clone(),
+        unmutated_metrics,
+        leading.clone(),
+        stop.clone(),
+    ));
     match cfg.leader.clone() {
         None => {
             leading.store(true, Ordering::Release);
@@ -315,6 +327,7 @@ pub async fn run(cfg: ControllerConfig, client: Client, stop: CancellationToken)
         }
     }
     stop.cancel();
+    let _ = unmutated_task.await;
     let _ = admin_task.await;
     tracing::info!("controller exited");
     Ok(())

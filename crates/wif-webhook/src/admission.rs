@@ -17,6 +17,7 @@ use crate::{
     metrics::{Metrics, Outcome},
     mutate::mutate_view,
     service_accounts::ServiceAccountCache,
+    skips::{Reason, Result_::*},
     view::PodView,
 };
 
@@ -244,6 +245,7 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
     let uid = request.uid.as_ref();
     // Only creation is mutated: a pod's volumes and env cannot change afterwards.
     if request.operation != "CREATE" {
+        state.metrics.admissions.inc(Skipped, Reason::NotCreate);
         return (Decision::allow(uid), Outcome::Unchanged);
     }
     let Some(mut pod) = request.object else {
@@ -266,9 +268,10 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
     );
 
     if pod.metadata.labels.get(wif_api::USE_LABEL) != Some(wif_api::USE_LABEL_VALUE) {
-        // The objectSelector should have filtered this pod out; a broad configuration must not
-        // turn the webhook into a dependency of every pod.
-        return (Decision::allow(uid), Outcome::Unchanged);
+        // Only the chart's `explain` webhook sends such pods: say why they are left alone.
+        // Never refused, whatever happens: a broad configuration must not turn the webhook
+        // into a dependency of every pod.
+        return (explain_skip(state, &pod, uid).await, Outcome::Unchanged);
     }
 
     let sa_name = pod
@@ -290,10 +293,15 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
                  azure.workload.identity/client-id) before the pod that uses it"
             );
             tracing::info!(service_account = %sa_name, "denied: ServiceAccount not found");
+            state
+                .metrics
+                .admissions
+                .inc(Refused, Reason::ServiceAccountMissing);
             return (Decision::deny(uid, msg, 400), Outcome::Denied);
         }
         Err(error) => {
             tracing::error!(%error, "ServiceAccount lookup failed");
+            state.metrics.admissions.inc(Refused, Reason::Error);
             return (Decision::deny(uid, error.to_string(), 500), Outcome::Error);
         }
     };
@@ -303,12 +311,23 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
             let mut response = Decision::allow(uid);
             if mutation.is_noop() {
                 tracing::debug!("nothing to inject");
+                state.metrics.admissions.inc(Skipped, Reason::AlreadyMutated);
                 response.warnings = non_empty(mutation.warnings);
                 return (response, Outcome::Unchanged);
             }
             match mutation.patch_json().and_then(|patch| base64_string(&patch)) {
                 Ok(patch) => {
                     tracing::info!(service_account = %sa_name, edits = mutation.edits.len(), "pod mutated");
+                    let reason = if sa
+                        .annotations
+                        .get(wif_api::CLIENT_ID_ANNOTATION)
+                        .is_some_and(|v| !v.is_empty())
+                    {
+                        Reason::Injected
+                    } else {
+                        Reason::NoClientId
+                    };
+                    state.metrics.admissions.inc(Mutated, reason);
                     response.patch = Some(patch);
                     response.patch_type = Some("JSONPatch");
                     response.warnings = non_empty(mutation.warnings);
@@ -316,6 +335,7 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
                 }
                 Err(error) => {
                     tracing::error!(%error, "failed to encode patch");
+                    state.metrics.admissions.inc(Refused, Reason::Error);
                     (
                         Decision::deny(uid, format!("failed to encode the patch: {error}"), 500),
                         Outcome::Error,
@@ -325,9 +345,52 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
         }
         Err(denial) => {
             tracing::info!(reason = %denial, "denied");
+            state.metrics.admissions.inc(Refused, Reason::InvalidPod);
             (Decision::deny(uid, denial.to_string(), 400), Outcome::Denied)
         }
     }
+}
+
+/// Allows a pod without the label, with warnings saying why it is not mutated.
+async fn explain_skip(state: &AdmissionState, pod: &PodView<'_>, uid: &str) -> Decision {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let sa_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    let pod_ref = format!(
+        "{namespace}/{}",
+        pod.metadata
+            .name
+            .as_deref()
+            .or(pod.metadata.generate_name.as_deref())
+            .unwrap_or_default()
+    );
+    let looked_up = state.service_accounts.get(namespace, sa_name).await;
+    let sa = match &looked_up {
+        Ok((sa, _)) => sa.as_deref(),
+        Err(error) => {
+            tracing::warn!(%error, "ServiceAccount lookup failed while explaining a skip");
+            None
+        }
+    };
+    let (reason, warnings) = if looked_up.is_err() {
+        let (r, mut w) =
+            crate::skips::explain_unlabelled(pod, Some(&crate::view::MetaView::default()), &pod_ref);
+        w.retain(|w| !w.contains("does not exist"));
+        (r, w)
+    } else {
+        crate::skips::explain_unlabelled(pod, sa, &pod_ref)
+    };
+    if reason != Reason::NotLabelled {
+        tracing::info!(reason = reason.label(), "pod not mutated; warning returned");
+    }
+    state.metrics.admissions.inc(Skipped, reason);
+    let mut response = Decision::allow(uid);
+    response.warnings = non_empty(warnings);
+    response
 }
 
 /// `"<base64 of bytes>"` as a JSON value.

@@ -7,12 +7,14 @@
 //! [`validate`] refuses bindings no `FederatedIdentityPolicy` grants (and malformed policies).
 
 pub mod admission;
+pub mod coexist;
 pub mod metrics;
 pub mod mutate;
 pub mod run;
 pub mod selfcert;
 pub mod server;
 pub mod service_accounts;
+pub mod skips;
 pub mod tls;
 pub mod validate;
 pub mod view;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub cached_service_accounts: Gauge<i64, AtomicI64>,
     /// Lookups that missed the cache and went to the API server.
     pub cache_misses: Counter,
+    /// `wif_admission_total{result,reason}`: every skip explained.
+    pub admissions: crate::skips::AdmissionCounter,
 }
 
 impl Metrics {
@@ -54,6 +56,7 @@ impl Metrics {
             )),
             cached_service_accounts: Gauge::default(),
             cache_misses: Counter::default(),
+            admissions: crate::skips::AdmissionCounter::new(registry),
         };
         let r = registry.sub_registry_with_prefix("wif_webhook");
         r.register(

@@ -108,12 +108,15 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     }
 
     let cache = ServiceAccountCache::spawn(client.clone(), miss_timeout, stop.clone());
+    let coexist_client = client.clone();
     let validation = crate::validate::ValidationState {
         cache: crate::validate::PolicyCache::spawn(client, stop.clone()),
     };
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let conn_metrics = Arc::new(ConnMetrics::new(&mut registry));
+    let others = crate::coexist::register_gauge(&mut registry);
+    tokio::spawn(crate::coexist::report_at_start(coexist_client, others));
     let registry = Arc::new(Mutex::new(registry));
     let state = AdmissionState {
         config: Arc::new(mutation),
@@ -122,8 +125,11 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     };
 
     let ready = {
-        let (cache, store) = (cache.clone(), store.clone());
+        let (cache, store, stop) = (cache.clone(), store.clone(), stop.clone());
         Arc::new(move || {
+            if stop.is_cancelled() {
+                return Err("shutting down: draining in-flight requests".to_owned());
+            }
             if !store.is_loaded() {
                 return Err("no serving certificate loaded yet".to_owned());
             }

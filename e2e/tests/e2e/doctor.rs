@@ -343,8 +343,13 @@ async fn doctor_says_what_is_missing_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert_check(&text, "ServiceAccount", '✗', "nobody not found");
 
-    // Nothing to check: a usage error, not a report.
+    // A namespace alone lists its unmutated labelled pods: none here.
     let (out, text) = doctor(&ns, &["-n", &ns.name]).await;
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_check(&text, "labelled pods mutated", '✓', "all 0 pods labelled");
+
+    // Nothing to check: a usage error, not a report.
+    let (out, text) = doctor(&ns, &[]).await;
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("--service-account"), "{text}");
 }

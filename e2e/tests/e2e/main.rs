@@ -10,4 +10,5 @@ mod harness;
 mod helm;
 mod http2;
 mod token;
+mod unmutated;
 mod webhook;

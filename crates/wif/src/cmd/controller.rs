@@ -137,6 +137,8 @@ pub struct ControllerArgs {
     /// Log format.
     #[arg(long, env = "WIF_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    #[command(flatten)]
+    unmutated: super::unmutated::UnmutatedArgs,
 }
 
 fn default_identity() -> String {
@@ -199,6 +201,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         admin_listen,
         log_level,
         log_format,
+        unmutated,
     } = args;
     logging::init(&log_level, log_format);
     let cloud: Cloud = cloud.parse().context("invalid --cloud")?;
@@ -267,6 +270,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         retry_period,
     });
     cfg.admin_listen = admin_listen;
+    cfg.unmutated = unmutated.config();
 
     let client = kube::Client::try_default()
         .await

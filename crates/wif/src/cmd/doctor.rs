@@ -30,10 +30,15 @@ use crate::doctor::{self, BindingView, Check, Expected, Identity, Report};
 /// Flags of `wif doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
+    /// Without --pod or --service-account: list the labelled pods of every namespace that the
+    /// webhook did not mutate (see --namespace for one namespace).
+    #[arg(long, short = 'A', conflicts_with_all = ["pod", "service_account", "namespace"])]
+    all_namespaces: bool,
     /// Pod to check: NAME (in --namespace) or NAMESPACE/NAME.
     #[arg(long, conflicts_with = "service_account")]
     pod: Option<String>,
-    /// Namespace of the pod or ServiceAccount (default: the kubeconfig's).
+    /// Namespace of the pod or ServiceAccount (default: the kubeconfig's). Alone: list the
+    /// namespace's labelled pods that the webhook did not mutate, with the cause.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// ServiceAccount to check, when there is no pod yet.
@@ -113,10 +118,17 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
         scope,
         ca_file,
         timeout,
+        all_namespaces,
     } = args;
+    if pod.is_none() && service_account.is_none() && (all_namespaces || namespace.is_some()) {
+        let client = Client::try_default()
+            .await
+            .context("failed to create a Kubernetes client (KUBECONFIG or in-cluster)")?;
+        return super::doctor_unmutated::scan(&client, namespace.as_deref()).await;
+    }
     anyhow::ensure!(
         pod.is_some() || service_account.is_some(),
-        "say what to check: --pod [NAMESPACE/]NAME, or --namespace NS --service-account NAME"
+        "say what to check: --pod [NAMESPACE/]NAME, --namespace NS [--service-account NAME], or --all-namespaces"
     );
     let client = Client::try_default()
         .await
@@ -216,6 +228,7 @@ async fn diagnose(args: DoctorArgs) -> anyhow::Result<Report> {
     // The webhook: configured, selecting this namespace, reachable with a verifying caBundle,
     // and actually called by the API server.
     let hook = webhook(&mut out, &client, webhook_config.as_deref(), &ns, &ns_labels).await?;
+    out.add(super::doctor_unmutated::other_webhooks(&client, Some(&ns_labels)).await);
     if let Some((config, hook)) = &hook {
         out.add(ca_bundle(&client, config, hook, timeout).await);
         out.add(admission(&client, &ns, &sa_name, hook).await);

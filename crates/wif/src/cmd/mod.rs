@@ -5,7 +5,9 @@ use std::{future::Future, process::ExitCode};
 pub mod controller;
 pub mod crd;
 pub mod doctor;
+pub mod doctor_unmutated;
 pub mod mutate;
+pub mod unmutated;
 pub mod webhook;
 
 /// Runs an async subcommand on a multi-threaded runtime and maps its error to exit code 1.
