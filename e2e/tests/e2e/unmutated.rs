@@ -25,7 +25,7 @@ use wif_api::{CLIENT_ID_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL};
 use wif_e2e::{
     TestNs, WebhookOptions, WebhookProcess,
     controller::{ControllerEnv, ControllerOptions, ControllerProcess, eventually},
-    helm::{Helm, chart},
+    helm::{self, chart},
     wif_bin,
 };
 
@@ -569,7 +569,7 @@ async fn another_workload_identity_webhook_is_reported_by_doctor_and_refused_by_
         "{text}"
     );
 
-    let helm = Helm::new(&cp);
+    let helm = helm::on(&cp);
     let chart = chart();
     let base = [
         "install",
