@@ -106,11 +106,13 @@ start_webhook() { # binary log → "pid https-addr admin-addr" once ready
   echo "$pid $https $admin"
 }
 log "starting wif webhook (release) on CPU $server_cpu; load generator on CPU $client_cpu"
-read -r hook_pid hook_addr admin_addr < <(start_webhook "$WIF" "$work/webhook.log")
+read -r hook_pid hook_addr admin_addr < <(start_webhook "$WIF" "$work/webhook.log") || true
+[[ -n ${admin_addr:-} ]] || { log "the webhook did not start"; exit 1; }
 pids+=($hook_pid)
 if [[ $static == 1 ]]; then
   log "starting wif webhook (static musl release)"
-  read -r static_pid static_addr _ < <(start_webhook "$WIF_STATIC" "$work/static.log")
+  read -r static_pid static_addr _ < <(start_webhook "$WIF_STATIC" "$work/static.log") || true
+  [[ -n ${static_addr:-} ]] || { log "the static webhook did not start"; exit 1; }
   pids+=($static_pid)
 fi
 cached=$(curl -s "http://$admin_addr/metrics" | awk '/^wif_webhook_cached_service_accounts /{print $2}')
@@ -143,10 +145,10 @@ start_bare() { # mode log → "pid address" once it answers
   done
   echo "$pid $a"
 }
-read -r bare_pid bare < <(start_bare bare "$work/bare.log")
-pids+=($bare_pid)
-read -r scan_pid scan < <(start_bare scan "$work/scan.log")
-pids+=($scan_pid)
+read -r bare_pid bare < <(start_bare bare "$work/bare.log") || true
+read -r scan_pid scan < <(start_bare scan "$work/scan.log") || true
+[[ -n ${bare:-} && -n ${scan:-} ]] || { log "a bare server did not start"; exit 1; }
+pids+=($bare_pid $scan_pid)
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 hwm() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
 rss_idle=$(rss $hook_pid)
