@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::core::{Selector, SelectorExt};
 
 use crate::{
-    crd::{FederatedIdentityPolicy, FederatedIdentityPolicySpec},
+    crd::{FederatedIdentityPolicy, FederatedIdentityPolicySpec, IdentityReference},
     identity::{UserAssignedIdentityId, is_guid},
 };
 
@@ -23,6 +23,29 @@ pub enum RequestedIdentity<'a> {
         /// ARM resource id.
         resource_id: &'a str,
     },
+}
+
+impl<'a> RequestedIdentity<'a> {
+    /// The identity a binding's spec names: exactly one kind, and for an application a GUID
+    /// client id. `Err` says what to fix. (A resource id is parsed where it is used, with
+    /// [`UserAssignedIdentityId::parse`].)
+    pub fn from_spec(identity: &'a IdentityReference) -> Result<Self, String> {
+        match (&identity.application, &identity.user_assigned_identity) {
+            (Some(app), None) if is_guid(&app.client_id) => Ok(Self::Application {
+                client_id: &app.client_id,
+            }),
+            (Some(app), None) => Err(format!(
+                "spec.identity.application.clientId {:?} is not a GUID: use the application (client) id of the app registration",
+                app.client_id
+            )),
+            (None, Some(uami)) => Ok(Self::UserAssignedIdentity {
+                resource_id: &uami.resource_id,
+            }),
+            _ => Err(
+                "set exactly one of spec.identity.application and spec.identity.userAssignedIdentity".into(),
+            ),
+        }
+    }
 }
 
 impl RequestedIdentity<'_> {

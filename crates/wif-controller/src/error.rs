@@ -54,15 +54,9 @@ pub enum Error {
     #[error("failed to configure the controller's workload identity credential: {0}")]
     Credential(#[source] wif_exchange::Error),
 
-    /// The admin listener could not be bound.
-    #[error("failed to listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The admin listener could not be bound (the message names the address).
+    #[error("{0}")]
+    Bind(#[source] std::io::Error),
 }
 
 impl Error {
@@ -85,7 +79,7 @@ impl Error {
             Self::Config(_) => "Config",
             Self::Client(_) => "HttpClient",
             Self::Credential(_) => "Credential",
-            Self::Bind { .. } => "Bind",
+            Self::Bind(_) => "Bind",
         }
     }
 

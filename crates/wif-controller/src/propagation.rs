@@ -128,6 +128,29 @@ impl ExchangeError {
     }
 }
 
+/// A short-lived (10 minutes, the API server's minimum) token of a ServiceAccount with
+/// `audience`, as the kubelet would project it; `None` when the API server returned none.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+    audience: &str,
+) -> Result<Option<String>, kube::Error> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        }),
+        ..TokenRequest::default()
+    };
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let answer = api
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?;
+    Ok(answer.status.and_then(|s| s.token).filter(|t| !t.is_empty()))
+}
+
 /// Requests a ServiceAccount token with `audience` and exchanges it as the workload would.
 pub async fn exchange(
     client: &Client,
@@ -138,27 +161,13 @@ pub async fn exchange(
     client_id: &str,
     tenant_id: &str,
 ) -> Result<(), ExchangeError> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_owned()]),
-            // The API server's minimum.
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        }),
-        ..TokenRequest::default()
-    };
-    let token = api
-        .create_token_request(service_account, &PostParams::default(), &request)
+    let token = service_account_token(client, namespace, service_account, audience)
         .await
         .map_err(|source| ExchangeError::TokenRequest {
             namespace: namespace.to_owned(),
             name: service_account.to_owned(),
             source,
         })?
-        .status
-        .and_then(|s| s.token)
-        .filter(|t| !t.is_empty())
         .ok_or_else(|| ExchangeError::NoToken(namespace.to_owned(), service_account.to_owned()))?;
     let credential = WorkloadIdentityCredential::builder()
         .tenant_id(tenant_id)

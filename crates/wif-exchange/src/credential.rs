@@ -397,7 +397,7 @@ impl Inner {
             .await
             .map_err(transport)?;
         let status = resp.status().as_u16();
-        let retry_after = response::retry_after(resp.headers(), SystemTime::now());
+        let retry_after = crate::retry::retry_after(resp.headers(), SystemTime::now());
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             body.extend_from_slice(&chunk);
@@ -466,19 +466,9 @@ fn with_attempts(error: Error, attempts: u32) -> Error {
     }
 }
 
-/// A random UUID-shaped request id (Entra echoes it as the correlation id).
+/// A random (v4) UUID request id (Entra echoes it as the correlation id).
 fn request_id() -> String {
-    let v: u128 = rand::random();
-    let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Builds a [`WorkloadIdentityCredential`]. Explicit settings win over the environment.

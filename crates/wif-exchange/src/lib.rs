@@ -59,7 +59,7 @@ mod credential;
 pub mod env;
 mod error;
 mod response;
-mod retry;
+pub mod retry;
 mod tls;
 mod token;
 

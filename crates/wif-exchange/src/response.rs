@@ -1,7 +1,7 @@
 //! Parsing of the token endpoint's answers: the success body, Entra's error body (or whatever a
 //! proxy put there instead), and `Retry-After`.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -169,35 +169,6 @@ fn excerpt(text: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Parses `retry-after-ms` / `x-ms-retry-after-ms` (milliseconds) or `Retry-After` (integer or
-/// fractional seconds, or an HTTP-date).
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        let ms = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if let Some(d) = ms.and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok()) {
-            return Some(d);
-        }
-    }
-    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?, now)
-}
-
-/// One `Retry-After` value: seconds (`120`, `0.5`) or an HTTP-date (a date in the past is 0).
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).ok();
-    }
-    let when = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
-    let now = jiff::Timestamp::try_from(now).ok()?;
-    let secs = when.as_second() - now.as_second();
-    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -309,29 +280,6 @@ mod tests {
         assert!(!format!("{e:?}").contains("eyJhbGciOi.assertion.sig"));
     }
 
-    #[test]
-    fn retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after(" 0.25 ", now), Some(Duration::from_millis(250)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("-1", now), None);
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("NaN", now), None);
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert("retry-after", "3".parse().expect("header"));
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
-        h.insert("retry-after-ms", "1500".parse().expect("header"));
-        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(1500)));
-    }
-
     proptest! {
         #[test]
         fn error_parser_never_panics_and_stays_one_line(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -355,8 +303,38 @@ mod tests {
         }
 
         #[test]
+        fn a_token_response_parses_to_its_values_and_errors_never_quote_it(
+            token in "eyJ[A-Za-z0-9._-]{8,200}",
+            expires in 1u32..200_000,
+            as_string in any::<bool>(),
+            refresh in proptest::option::of(1u32..100_000),
+            token_type in proptest::option::of("[A-Za-z]{1,10}"),
+        ) {
+            let mut body = serde_json::json!({"access_token": token});
+            body["expires_in"] = if as_string { serde_json::json!(expires.to_string()) } else { serde_json::json!(expires) };
+            if let Some(r) = refresh {
+                body["refresh_in"] = serde_json::json!(r);
+            }
+            if let Some(t) = &token_type {
+                body["token_type"] = serde_json::json!(t);
+            }
+            let r = parse_success(200, body.to_string().as_bytes()).expect("a valid token response");
+            prop_assert_eq!(r.access_token.expose_secret(), token.as_str());
+            prop_assert_eq!(r.expires_in, Duration::from_secs(u64::from(expires)));
+            prop_assert_eq!(r.refresh_in, refresh.map(|r| Duration::from_secs(u64::from(r))));
+            prop_assert_eq!(r.token_type, token_type.unwrap_or_else(|| "Bearer".to_owned()));
+
+            // The same body without a usable lifetime is refused without quoting the token.
+            body["expires_in"] = serde_json::json!("soon");
+            let Err(e) = parse_success(200, body.to_string().as_bytes()) else {
+                return Err(TestCaseError::fail("a response without a lifetime parsed"));
+            };
+            prop_assert!(!e.to_string().contains(token.as_str()));
+        }
+
+        #[test]
         fn retry_after_never_panics(v in ".{0,64}") {
-            let _ = parse_retry_after(&v, SystemTime::now());
+            let _ = crate::retry::parse_retry_after(&v, std::time::SystemTime::now());
         }
     }
 }

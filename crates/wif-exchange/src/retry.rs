@@ -1,6 +1,6 @@
 //! Bounded retries with jittered exponential backoff.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
@@ -13,7 +13,7 @@ use rand::Rng;
 /// `retry-after-ms`) from the server raises it to at least that value, capped at `max_delay`.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime};
 /// use wif_exchange::RetryPolicy;
 /// let policy = RetryPolicy::default().with_max_retries(5).with_max_delay(Duration::from_secs(10));
 /// assert_eq!(policy.max_retries, 5);
@@ -70,7 +70,7 @@ impl RetryPolicy {
     }
 
     /// The delay before retry `retry` (0-based), given the server's `Retry-After`.
-    pub(crate) fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .initial_delay
             .saturating_mul(2u32.saturating_pow(retry.min(31)))
@@ -83,9 +83,62 @@ impl RetryPolicy {
     }
 }
 
+/// The wait an answer asks for: `retry-after-ms` / `x-ms-retry-after-ms` (milliseconds) or
+/// `Retry-After` (integer or fractional seconds, as Graph sends them, or an HTTP-date). Entra's
+/// token endpoint, Graph and ARM all answer this way; wif's clients read it here only.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+        let ms = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if let Some(d) = ms.and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok()) {
+            return Some(d);
+        }
+    }
+    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+/// One `Retry-After` value: seconds (`120`, `0.5`) or an HTTP-date (a date in the past is 0).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let when = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    let now = jiff::Timestamp::try_from(now).ok()?;
+    let secs = when.as_second() - now.as_second();
+    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0.25 ", now), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "3".parse().expect("header"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
+        h.insert("retry-after-ms", "1500".parse().expect("header"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(1500)));
+    }
 
     #[test]
     fn backoff_is_exponential_jittered_and_capped() {

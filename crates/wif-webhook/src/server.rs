@@ -1,9 +1,9 @@
-//! The HTTPS admission server and the plain-HTTP admin server (health, readiness, metrics).
+//! The HTTPS admission server; the plain-HTTP admin server (health, readiness, metrics) is
+//! `wif-runtime`'s, re-exported here.
 
 use std::{
-    net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -22,12 +22,16 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
+
+pub use wif_runtime::{
+    admin::{Readiness, router as admin_router, serve as serve_plain},
+    bind,
+};
 
 use crate::{
     admission::{AdmissionState, ReviewError, handle},
@@ -397,86 +401,4 @@ struct Builders {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     sniff: auto::Builder<TokioExecutor>,
-}
-
-/// Readiness, as seen by `/readyz`.
-pub trait Readiness: Send + Sync + 'static {
-    /// `Ok` when ready; otherwise what is missing.
-    fn check(&self) -> Result<(), String>;
-}
-
-impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
-    fn check(&self) -> Result<(), String> {
-        self()
-    }
-}
-
-#[derive(Clone)]
-struct AdminState {
-    registry: Arc<Mutex<Registry>>,
-    ready: Arc<dyn Readiness>,
-    before_scrape: Arc<dyn Fn() + Send + Sync>,
-}
-
-/// The admin router: `/healthz`, `/readyz`, `/metrics`.
-pub fn admin_router(
-    registry: Arc<Mutex<Registry>>,
-    ready: Arc<dyn Readiness>,
-    before_scrape: Arc<dyn Fn() + Send + Sync>,
-) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<AdminState>| async move {
-                match s.ready.check() {
-                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                }
-            }),
-        )
-        .route("/metrics", get(metrics))
-        .with_state(AdminState {
-            registry,
-            ready,
-            before_scrape,
-        })
-}
-
-async fn metrics(State(s): State<AdminState>) -> Response {
-    (s.before_scrape)();
-    let mut out = String::new();
-    let encoded = match s.registry.lock() {
-        Ok(registry) => prometheus_client::encoding::text::encode(&mut out, &registry),
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    match encoded {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            out,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// Serves plain HTTP until `stop` (admin endpoints; never secrets).
-pub async fn serve_plain(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-}
-
-/// Binds a TCP listener, naming the address on failure.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("failed to listen on {addr}: {e}")))
 }

@@ -40,7 +40,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use wif_api::{
     FederatedIdentityBinding, FederatedIdentityPolicy, PolicyDecision, RequestedIdentity,
-    UserAssignedIdentityId, is_guid,
+    UserAssignedIdentityId,
 };
 
 /// What the validating endpoint reads: policies and namespace labels, from watches.
@@ -172,32 +172,11 @@ pub fn validate_binding(
     labels: &BTreeMap<String, String>,
     policies: &[&FederatedIdentityPolicy],
 ) -> Result<Vec<String>, String> {
-    let identity = &binding.spec.identity;
-    let requested = match (&identity.application, &identity.user_assigned_identity) {
-        (Some(app), None) => {
-            if !is_guid(&app.client_id) {
-                return Err(format!(
-                    "spec.identity.application.clientId {:?} is not a GUID: use the application (client) id",
-                    app.client_id
-                ));
-            }
-            RequestedIdentity::Application {
-                client_id: &app.client_id,
-            }
-        }
-        (None, Some(uami)) => {
-            UserAssignedIdentityId::parse(&uami.resource_id)
-                .map_err(|e| format!("spec.identity.userAssignedIdentity.resourceId: {e}"))?;
-            RequestedIdentity::UserAssignedIdentity {
-                resource_id: &uami.resource_id,
-            }
-        }
-        _ => {
-            return Err(
-                "set exactly one of spec.identity.application and spec.identity.userAssignedIdentity".into(),
-            );
-        }
-    };
+    let requested = RequestedIdentity::from_spec(&binding.spec.identity)?;
+    if let RequestedIdentity::UserAssignedIdentity { resource_id } = requested {
+        UserAssignedIdentityId::parse(resource_id)
+            .map_err(|e| format!("spec.identity.userAssignedIdentity.resourceId: {e}"))?;
+    }
     match wif_api::policy::evaluate(namespace, labels, requested, policies.iter().copied()) {
         PolicyDecision::Granted { .. } => Ok(Vec::new()),
         PolicyDecision::Denied { message } => Err(message),

@@ -12,7 +12,7 @@ use serde_json::Value;
 use wif_api::{
     CLIENT_ID_ANNOTATION, CONTAINER_IDENTITIES_ANNOTATION, ENV_AUTHORITY_HOST, ENV_CLIENT_ID,
     ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID, NAMED_CLIENT_ID_PREFIX, NAMED_TENANT_ID_PREFIX,
-    SKIP_CONTAINERS_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE,
+    SKIP_CONTAINERS_ANNOTATION, TOKEN_VOLUME_NAME, USE_LABEL, USE_LABEL_VALUE, is_guid,
 };
 
 /// Outcome of one check.
@@ -402,16 +402,6 @@ pub fn injection(pod: &Pod, client_id: Option<&str>, named: &[Identity]) -> Chec
     } else {
         Check::fail(NAME, problems.join("; "), recreate)
     }
-}
-
-/// `8-4-4-4-12` hexadecimal digits, as Entra writes client ids.
-fn is_guid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 // === the webhook configuration ===

@@ -5,10 +5,9 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
-use rand::Rng;
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
-use wif_exchange::{TokenRequestOptions, WorkloadIdentityCredential};
+use wif_exchange::{RetryPolicy, TokenRequestOptions, WorkloadIdentityCredential};
 
 use crate::metrics::Metrics;
 
@@ -192,37 +191,20 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// The delay before retry `retry` (0-based): drawn from `[d/2, d]` with
-    /// `d = min(max_delay, base · 2^retry)`, raised to the server's `Retry-After`, capped.
+    /// `d = min(max_delay, base · 2^retry)`, raised to the server's `Retry-After`, capped
+    /// (`wif-exchange`'s backoff, the one the token exchange uses).
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(retry.min(20)))
-            .min(self.max_delay);
-        let half = exp / 2;
-        let jittered = half + rand::rng().random_range(Duration::ZERO..=exp - half);
-        jittered.max(retry_after.unwrap_or_default()).min(self.max_delay)
+        RetryPolicy::default()
+            .with_initial_delay(self.base_delay)
+            .with_max_delay(self.max_delay)
+            .delay(retry, retry_after)
     }
 }
 
-/// `Retry-After` (seconds, fractions allowed as Graph sends them, or an HTTP date),
-/// `retry-after-ms` or `x-ms-retry-after-ms`.
+/// The wait a Graph or ARM answer asks for (`Retry-After`, `retry-after-ms`,
+/// `x-ms-retry-after-ms`), read as the token exchange reads it.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = get(name).and_then(|v| v.parse::<f64>().ok())
-            && ms.is_finite()
-            && ms >= 0.0
-        {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    let value = get("retry-after")?;
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
-    }
-    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let wait = when.duration_since(jiff::Timestamp::now());
-    Some(Duration::try_from(wait).unwrap_or_default())
+    wif_exchange::retry::retry_after(headers, std::time::SystemTime::now())
 }
 
 /// A successful answer.
@@ -555,23 +537,9 @@ pub fn error_body(bytes: &[u8], status: StatusCode) -> (String, String) {
     (code, message)
 }
 
+/// A request id: a random (v4) UUID, as Graph and ARM expect in `client-request-id`.
 fn uuid_v4() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{}",
-        b[0],
-        b[1],
-        b[2],
-        b[3],
-        b[4],
-        b[5],
-        b[6] & 0x0f,
-        b[7],
-        8 | (b[8] & 0x3),
-        b[8] >> 4,
-        b[9],
-        b[10..].iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use wif_api::{
     FederatedIdentityBinding, FederatedIdentityBindingStatus, IdentityReference, RequestedIdentity,
-    UserAssignedIdentityId, is_guid, service_account_subject,
+    UserAssignedIdentityId, service_account_subject,
 };
 
 use super::verdict::{self, Failure};
@@ -28,24 +28,15 @@ pub enum Target {
 }
 
 impl Target {
-    /// Checks the spec's identity: exactly one kind, a GUID client id.
+    /// Checks the spec's identity: exactly one kind, a GUID client id
+    /// ([`RequestedIdentity::from_spec`], as the validating webhook checks it).
     pub fn from_spec(identity: &IdentityReference) -> Result<Self, String> {
-        match (&identity.application, &identity.user_assigned_identity) {
-            (Some(app), None) => {
-                if is_guid(&app.client_id) {
-                    Ok(Self::Application(app.client_id.clone()))
-                } else {
-                    Err(format!(
-                        "spec.identity.application.clientId {:?} is not a GUID: use the application (client) id of the app registration",
-                        app.client_id
-                    ))
-                }
+        Ok(match RequestedIdentity::from_spec(identity)? {
+            RequestedIdentity::Application { client_id } => Self::Application(client_id.to_owned()),
+            RequestedIdentity::UserAssignedIdentity { resource_id } => {
+                Self::UserAssignedIdentity(resource_id.to_owned())
             }
-            (None, Some(uami)) => Ok(Self::UserAssignedIdentity(uami.resource_id.clone())),
-            _ => Err(
-                "set exactly one of spec.identity.application and spec.identity.userAssignedIdentity".into(),
-            ),
-        }
+        })
     }
 
     /// What a policy is asked about.

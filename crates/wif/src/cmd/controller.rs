@@ -4,7 +4,6 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 use wif_api::Cloud;
 use wif_controller::{
     AzureEndpoints, ControllerConfig, CredentialConfig, PropagationConfig, azure::RetryConfig,
@@ -272,16 +271,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     cfg.admin_listen = admin_listen;
     cfg.unmutated = unmutated.config();
 
-    let client = kube::Client::try_default()
-        .await
-        .context("failed to create a Kubernetes client")?;
-    let stop = CancellationToken::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("shutdown signal received");
-        signal_stop.cancel();
-    });
+    let (client, stop) = super::client_and_stop().await?;
     wif_controller::run(cfg, client, stop).await?;
     Ok(())
 }

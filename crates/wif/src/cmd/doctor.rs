@@ -9,7 +9,6 @@ use clap::Args;
 use k8s_openapi::{
     api::{
         admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration},
-        authentication::v1::{TokenRequest, TokenRequestSpec},
         core::v1::{Namespace, Pod, ServiceAccount},
         discovery::v1::EndpointSlice,
     },
@@ -846,16 +845,7 @@ async fn service_account_token(
     sa: &str,
     audience: &str,
 ) -> Result<String, String> {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_owned()]),
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        }),
-        ..TokenRequest::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
+    wif_controller::propagation::service_account_token(client, ns, sa, audience)
         .await
         .map_err(|e| match e {
             kube::Error::Api(e) if e.code == 403 => {
@@ -863,9 +853,6 @@ async fn service_account_token(
             }
             e => format!("TokenRequest failed: {e}"),
         })?
-        .status
-        .and_then(|s| s.token)
-        .filter(|t| !t.is_empty())
         .ok_or_else(|| "TokenRequest returned no token".to_owned())
 }
 

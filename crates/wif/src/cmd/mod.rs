@@ -29,6 +29,23 @@ pub fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
+/// What a long-running subcommand starts from: the Kubernetes client (kubeconfig or in-cluster)
+/// and a token cancelled when SIGTERM or SIGINT arrives.
+pub async fn client_and_stop() -> anyhow::Result<(kube::Client, tokio_util::sync::CancellationToken)> {
+    use anyhow::Context as _;
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to create a Kubernetes client")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        signal_stop.cancel();
+    });
+    Ok((client, stop))
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

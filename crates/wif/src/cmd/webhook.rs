@@ -4,7 +4,6 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tokio_util::sync::CancellationToken;
 use wif_api::{AuthorityHost, MutationConfig};
 use wif_webhook::{
     run::{self, CertSource, WebhookConfig},
@@ -186,16 +185,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         idle_timeout,
         ..Limits::default()
     };
-    let client = kube::Client::try_default()
-        .await
-        .context("failed to create a Kubernetes client")?;
-    let stop = CancellationToken::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("shutdown signal received");
-        signal_stop.cancel();
-    });
+    let (client, stop) = super::client_and_stop().await?;
     let cfg = WebhookConfig {
         mutation,
         listen,

@@ -1,10 +1,8 @@
-//! The plain-HTTP admin server: `/healthz` (the process is alive), `/readyz` (settings
-//! resolved, and — on the leader — the caches synced), `/metrics` (OpenMetrics text).
+//! The plain-HTTP admin server: `/healthz` (the process is alive), `/readyz` (what the component
+//! says it still lacks, 503 until then), `/metrics` (OpenMetrics text of a prometheus-client
+//! registry). It never serves secrets.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::{
     Router,
@@ -17,35 +15,37 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+/// Readiness, as `/readyz` reports it.
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok` when ready; otherwise what is missing.
+    fn check(&self) -> Result<(), String>;
+}
 
-/// What `/readyz` reports: `Ok` or the reason for not being ready.
-pub type ReadyFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
+    fn check(&self) -> Result<(), String> {
+        self()
+    }
+}
+
+/// Called before each scrape, to refresh gauges computed on demand.
+pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Mutex<Registry>>,
-    ready: ReadyFn,
-    before_scrape: Arc<dyn Fn() + Send + Sync>,
+    ready: Arc<dyn Readiness>,
+    before_scrape: BeforeScrape,
 }
 
-/// The admin router.
+/// The admin router: `/healthz`, `/readyz`, `/metrics`.
 pub fn router(
     registry: Arc<Mutex<Registry>>,
-    ready: ReadyFn,
-    before_scrape: Arc<dyn Fn() + Send + Sync>,
+    ready: Arc<dyn Readiness>,
+    before_scrape: BeforeScrape,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<AdminState>| async move {
-                match (s.ready)() {
-                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-                }
-            }),
-        )
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(AdminState {
             registry,
@@ -54,9 +54,17 @@ pub fn router(
         })
 }
 
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    match s.ready.check() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 async fn metrics(State(s): State<AdminState>) -> Response {
     (s.before_scrape)();
     let mut out = String::new();
+    // A panic while the registry was held leaves consistent counters: serve them.
     let registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
     match prometheus_client::encoding::text::encode(&mut out, &registry) {
         Ok(()) => (
@@ -71,26 +79,21 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// Binds `addr`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
 /// Serves `router` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
-    let result = axum::serve(listener, router)
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(error) = result {
-        tracing::warn!(%error, "admin server stopped");
-    }
+        .await
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
     use axum::body::Body;
+    use prometheus_client::metrics::gauge::Gauge;
     use tower::ServiceExt;
 
     use super::*;
@@ -108,30 +111,47 @@ mod tests {
     #[tokio::test]
     async fn health_readiness_and_metrics() {
         let mut registry = Registry::default();
-        let metrics = crate::metrics::Metrics::new(&mut registry);
-        metrics.leader.set(1);
+        let gauge = Gauge::<i64>::default();
+        registry.register("wif_test_leader", "a test gauge", gauge.clone());
         let registry = Arc::new(Mutex::new(registry));
-        let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ready_flag = Arc::new(AtomicBool::new(false));
         let flag = ready_flag.clone();
+        let scrapes = Arc::new(AtomicU32::new(0));
+        let counted = scrapes.clone();
         let r = router(
             registry,
             Arc::new(move || {
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if flag.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
                     Err("issuer not discovered yet".into())
                 }
             }),
-            Arc::new(|| {}),
+            Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                gauge.set(1);
+            }),
         );
         assert_eq!(get(r.clone(), "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(r.clone(), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("issuer"));
-        ready_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        ready_flag.store(true, Ordering::SeqCst);
         assert_eq!(get(r.clone(), "/readyz").await.0, StatusCode::OK);
         let (status, body) = get(r, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("wif_controller_leader 1"), "{body}");
+        assert!(
+            body.contains("wif_test_leader 1"),
+            "the gauge set before the scrape: {body}"
+        );
+        assert_eq!(scrapes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_named() {
+        let taken = crate::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = crate::bind(addr).await.unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
     }
 }
