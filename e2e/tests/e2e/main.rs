@@ -8,5 +8,6 @@ mod doctor;
 mod exchange;
 mod harness;
 mod helm;
+mod identities;
 mod token;
 mod webhook;
