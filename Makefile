@@ -60,7 +60,7 @@ controlplane: ## build (or reuse) the Go test control plane
 .PHONY: e2e
 e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included)
 	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
-	  cargo test -p wif-e2e -- --test-threads=2
+	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
 
 .PHONY: bench
 bench: bench-controller ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json
