@@ -30,6 +30,11 @@ lint: ## cargo fmt --check and clippy -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: deny
+deny: ## cargo-deny: licences, duplicate versions, sources (advisories need a network database: not run)
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+	cargo deny check licenses bans sources
+
 VENV := $(CACHE)/venv
 export WIF_PYTHON ?= $(VENV)/bin/python
 
@@ -41,8 +46,8 @@ $(VENV)/.installed: requirements-test.txt
 	touch $@
 
 .PHONY: unit
-unit: venv ## unit, property, HTTP-level and emulator tests (incl. Python azure-identity)
-	cargo test --workspace --exclude wif-e2e
+unit: venv helm ## unit, property, HTTP-level and emulator tests, incl. those needing Python azure-identity or helm
+	cargo test --workspace --exclude wif-e2e -- --include-ignored
 	cargo test -p wif-exchange --features azure_core --test azure_core
 
 .PHONY: build

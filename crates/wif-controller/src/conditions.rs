@@ -8,6 +8,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::reasons::Reason;
+
 /// `Ready`: everything below is `True`.
 pub const READY: &str = "Ready";
 /// `Permitted`: a FederatedIdentityPolicy grants the identity to the namespace.
@@ -42,7 +44,8 @@ pub enum State {
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    /// `True`, `False` or `Unknown`, as in a condition.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::True => "True",
             Self::False => "False",
@@ -57,14 +60,14 @@ pub struct Check {
     /// The state.
     pub state: State,
     /// A bounded, `PascalCase` reason.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// A human-readable message.
     pub message: String,
 }
 
 impl Check {
     /// `True` with a reason and message.
-    pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn ok(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::True,
             reason,
@@ -73,7 +76,7 @@ impl Check {
     }
 
     /// `False` with a reason and a message saying what to fix.
-    pub fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn fail(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::False,
             reason,
@@ -82,7 +85,7 @@ impl Check {
     }
 
     /// `Unknown` with a reason and message.
-    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn unknown(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::Unknown,
             reason,
@@ -108,7 +111,7 @@ pub struct Observations {
 
 impl Observations {
     /// Every condition `Unknown` with `reason`, e.g. before anything was evaluated.
-    pub fn unknown(reason: &'static str, message: &str) -> Self {
+    pub fn unknown(reason: Reason, message: &str) -> Self {
         let u = || Check::unknown(reason, message);
         Self {
             permitted: u(),
@@ -133,7 +136,7 @@ impl Observations {
     /// The `Ready` check derived from the others.
     pub fn ready(&self) -> Check {
         match self.parts().into_iter().find(|(_, c)| c.state != State::True) {
-            None => Check::ok("Ready", "the credential is in place and honoured"),
+            None => Check::ok(Reason::Ready, "the credential is in place and honoured"),
             Some((kind, c)) => Check {
                 state: if c.state == State::False {
                     State::False
@@ -147,6 +150,19 @@ impl Observations {
     }
 }
 
+/// `Ready` and the parts, in the order of a status.
+fn checks(observed: &Observations) -> [(&'static str, Check); 6] {
+    let [a, b, c, d, e] = observed.parts();
+    [
+        (READY, observed.ready()),
+        (a.0, a.1.clone()),
+        (b.0, b.1.clone()),
+        (c.0, c.1.clone()),
+        (d.0, d.1.clone()),
+        (e.0, e.1.clone()),
+    ]
+}
+
 /// The new condition list: `Ready` first, then the parts; `lastTransitionTime` is kept from
 /// `old` for every condition whose status did not change.
 pub fn compute(
@@ -155,9 +171,8 @@ pub fn compute(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
-    let ready = observed.ready();
-    std::iter::once((READY, &ready))
-        .chain(observed.parts())
+    checks(observed)
+        .into_iter()
         .map(|(kind, check)| {
             let previous = old.iter().find(|c| c.type_ == kind);
             let status = check.state.as_str();
@@ -168,7 +183,7 @@ pub fn compute(
             Condition {
                 type_: kind.to_owned(),
                 status: status.to_owned(),
-                reason: check.reason.to_owned(),
+                reason: check.reason.as_str().to_owned(),
                 message: truncate(&check.message, 1024),
                 observed_generation: generation,
                 last_transition_time,
@@ -177,31 +192,32 @@ pub fn compute(
         .collect()
 }
 
-/// A condition whose status or reason changed between `old` and `new`: what Events report.
+/// A condition whose status or reason changed: what Events report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// Condition type.
-    pub kind: String,
-    /// New status.
-    pub status: String,
+    pub kind: &'static str,
+    /// New state.
+    pub state: State,
     /// New reason.
-    pub reason: String,
+    pub reason: Reason,
     /// New message.
     pub message: String,
 }
 
-/// The conditions of `new` whose (status, reason) differ from `old`.
-pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
-    new.iter()
-        .filter(|n| {
+/// The conditions `observed` yields whose (status, reason) differ from `old`.
+pub fn transitions(old: &[Condition], observed: &Observations) -> Vec<Transition> {
+    checks(observed)
+        .into_iter()
+        .filter(|(kind, n)| {
             !old.iter()
-                .any(|o| o.type_ == n.type_ && o.status == n.status && o.reason == n.reason)
+                .any(|o| o.type_ == *kind && o.status == n.state.as_str() && o.reason == n.reason.as_str())
         })
-        .map(|n| Transition {
-            kind: n.type_.clone(),
-            status: n.status.clone(),
-            reason: n.reason.clone(),
-            message: n.message.clone(),
+        .map(|(kind, n)| Transition {
+            kind,
+            state: n.state,
+            reason: n.reason,
+            message: truncate(&n.message, 1024),
         })
         .collect()
 }
@@ -229,11 +245,11 @@ mod tests {
 
     fn all_true() -> Observations {
         Observations {
-            permitted: Check::ok("Granted", "policy p"),
-            identity: Check::ok("Resolved", "app"),
-            credential: Check::ok("Created", "created"),
-            service_account: Check::ok("Annotated", "ok"),
-            propagated: Check::ok("Verified", "exchange ok"),
+            permitted: Check::ok(Reason::Granted, "policy p"),
+            identity: Check::ok(Reason::Resolved, "app"),
+            credential: Check::ok(Reason::Created, "created"),
+            service_account: Check::ok(Reason::Annotated, "ok"),
+            propagated: Check::ok(Reason::Verified, "exchange ok"),
         }
     }
 
@@ -254,8 +270,11 @@ mod tests {
     #[test]
     fn ready_reports_the_first_failure() {
         let mut o = all_true();
-        o.service_account = Check::fail("ServiceAccountNotFound", "create ServiceAccount payments/api");
-        o.propagated = Check::unknown("AwaitingServiceAccount", "needs the ServiceAccount");
+        o.service_account = Check::fail(
+            Reason::ServiceAccountNotFound,
+            "create ServiceAccount payments/api",
+        );
+        o.propagated = Check::unknown(Reason::AwaitingServiceAccount, "needs the ServiceAccount");
         let ready = &compute(&[], &o, None, t(1))[0];
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "ServiceAccountNotFound");
@@ -268,7 +287,7 @@ mod tests {
     #[test]
     fn unknown_parts_make_ready_unknown() {
         let mut o = all_true();
-        o.propagated = Check::unknown("ReadBackPending", "waiting");
+        o.propagated = Check::unknown(Reason::ReadBackPending, "waiting");
         assert_eq!(o.ready().state, State::Unknown);
     }
 
@@ -276,8 +295,8 @@ mod tests {
     fn transition_time_is_kept_while_the_status_holds() {
         let first = compute(&[], &all_true(), Some(1), t(100));
         let mut o = all_true();
-        o.credential = Check::ok("InSync", "nothing to do"); // reason changes, status does not
-        o.propagated = Check::fail("TokenExchangeFailed", "AADSTS70021");
+        o.credential = Check::ok(Reason::InSync, "nothing to do"); // reason changes, status does not
+        o.propagated = Check::fail(Reason::TokenExchangeFailed, "AADSTS70021");
         let second = compute(&first, &o, Some(2), t(200));
         let by = |k: &str| find(&second, k).unwrap();
         assert_eq!(by(CREDENTIAL_SYNCED).last_transition_time, Time(t(100)));
@@ -290,16 +309,14 @@ mod tests {
     #[test]
     fn transitions_list_status_or_reason_changes_only() {
         let first = compute(&[], &all_true(), Some(1), t(100));
-        assert_eq!(transitions(&[], &first).len(), 6);
-        let same = compute(&first, &all_true(), Some(1), t(150));
-        assert!(transitions(&first, &same).is_empty());
+        assert_eq!(transitions(&[], &all_true()).len(), 6);
+        assert!(transitions(&first, &all_true()).is_empty());
         let mut o = all_true();
-        o.credential = Check::ok("Updated", "updated in place");
-        let changed = compute(&first, &o, Some(2), t(200));
-        let tr = transitions(&first, &changed);
+        o.credential = Check::ok(Reason::Updated, "updated in place");
+        let tr = transitions(&first, &o);
         assert_eq!(tr.len(), 1);
         assert_eq!(tr[0].kind, CREDENTIAL_SYNCED);
-        assert_eq!(tr[0].reason, "Updated");
+        assert_eq!(tr[0].reason, Reason::Updated);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The controller's errors. [`Error::category`] is the bounded name used in metrics and logs.
 
-use crate::{azure::ClientError, issuer::DiscoveryError};
+use crate::{azure::ClientError, issuer::DiscoveryError, reasons::Reason};
 
 /// `Result` with the controller's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -17,7 +17,7 @@ pub enum Error {
     #[error("binding not reconciled ({reason}): {message}")]
     Degraded {
         /// The condition reason (bounded: a fixed set of `PascalCase` names).
-        reason: &'static str,
+        reason: Reason,
         /// What to fix.
         message: String,
     },
@@ -70,7 +70,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Kube(_) => "KubernetesApi",
-            Self::Degraded { reason, .. } => reason,
+            Self::Degraded { reason, .. } => reason.as_str(),
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn categories_are_bounded_names() {
         let e = Error::Degraded {
-            reason: "CapacityExceeded",
+            reason: Reason::CapacityExceeded,
             message: "identity has 20 of 20".into(),
         };
         assert_eq!(e.category(), "CapacityExceeded");

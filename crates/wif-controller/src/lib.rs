@@ -14,8 +14,6 @@
 //!
 //! [`run`] wires it all and runs until cancelled.
 
-#![deny(missing_docs)]
-
 pub mod admin;
 pub mod azure;
 pub mod conditions;
@@ -30,6 +28,7 @@ pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod propagation;
+pub mod reasons;
 pub mod reconcile;
 pub mod service_account;
 

@@ -49,8 +49,6 @@
 //! implements `azure_core::credentials::TokenCredential` so `azure_*` SDK clients can use the
 //! credential.
 
-#![deny(missing_docs)]
-
 mod assertion;
 #[cfg(feature = "azure_core")]
 mod azure;

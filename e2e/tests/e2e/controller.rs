@@ -142,6 +142,7 @@ fn uami(name: &str) -> Value {
 /// delete → recreated; out-of-band edit → corrected; delete → gone, finalizer and annotations
 /// removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn application_binding_lifecycle_and_drift() {
     let s = setup("ctl-app", tenant(json!([])), json!({})).await;
     let _policy = PolicyGuard::grant(&s.ns, "", &[APP_A], &[]).await;
@@ -283,6 +284,7 @@ async fn application_binding_lifecycle_and_drift() {
 
 /// A managed identity through ARM; `deletionPolicy: Orphan` leaves the credential.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn managed_identity_binding_and_orphan_policy() {
     let s = setup("ctl-mi", tenant(json!([])), json!({})).await;
     let _policy = PolicyGuard::grant(&s.ns, "", &[], &[&identity_id("api-identity")]).await;
@@ -341,6 +343,7 @@ async fn managed_identity_binding_and_orphan_policy() {
 /// A foreign credential with our issuer+subject → Conflict, untouched; the 21st credential on an
 /// identity → CapacityExceeded, nothing evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn conflicts_and_capacity_are_conditions() {
     let ns = TestNs::new("ctl-conflict").await;
     let subject = format!("system:serviceaccount:{}:api", ns.name);
@@ -415,6 +418,7 @@ async fn conflicts_and_capacity_are_conditions() {
 /// Bad input is a condition with a reason and a fix-it message, an Event, and backoff — the
 /// controller keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn bad_input_is_reported_not_crashed_on() {
     let s = setup("ctl-bad", tenant(json!([])), json!({})).await;
     let _policy = PolicyGuard::grant(&s.ns, "", &["*"], &["*"]).await;
@@ -606,6 +610,7 @@ async fn register_validation(ns: &TestNs, hook: &WebhookProcess) -> ValidatingCo
 /// Ungranted namespace → refused at apply by the webhook, never written; granted → Ready;
 /// revoked → the controller re-checks: Permitted=False and the credential removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn ungranted_bindings_are_refused_at_apply_and_rechecked() {
     let s = setup("ctl-deny", tenant(json!([])), json!({})).await;
     s.ns.service_account("api", &[]).await;
@@ -676,6 +681,7 @@ async fn ungranted_bindings_are_refused_at_apply_and_rechecked() {
 
 /// Two controllers: only the Lease holder writes; when it dies, the other takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn only_the_leader_writes() {
     let s = setup("ctl-ha", tenant(json!([])), json!({})).await;
     let _policy = PolicyGuard::grant(&s.ns, "", &[APP_A, APP_B], &[]).await;
@@ -735,6 +741,7 @@ async fn only_the_leader_writes() {
 /// deleted) and restarted; in the end every binding has exactly one credential and no credential
 /// outlives its binding. `WIF_E2E_KILLS` sets the number of kills (default 50, about 50 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn killed_at_random_points_and_restarted() {
     let kills: usize = std::env::var("WIF_E2E_KILLS")
         .ok()
@@ -845,6 +852,7 @@ async fn killed_at_random_points_and_restarted() {
 
 /// Injected 429s (with Retry-After) and 5xx on Graph and ARM: everything converges anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn converges_under_throttling_and_server_errors() {
     let s = setup("ctl-faults", tenant(json!([])), json!({})).await;
     s.env
@@ -902,6 +910,7 @@ async fn converges_under_throttling_and_server_errors() {
 /// exchange), the controller annotates it, the webhook mutates a pod of it, and `wif token` run
 /// with that pod's environment and the token the kubelet would write gets an access token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn a_pod_of_a_bound_service_account_gets_an_access_token() {
     // A propagation delay: the first exchanges fail (AADSTS70021-style) until Entra catches up.
     let s = setup(

@@ -174,6 +174,7 @@ impl Scene {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_passes_every_check_for_a_working_pod_including_a_real_exchange() {
     let s = Scene::new("doctor").await;
     let target = format!("{}/web", s.ns.name);
@@ -216,6 +217,7 @@ async fn doctor_passes_every_check_for_a_working_pod_including_a_real_exchange()
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_names_each_broken_piece_with_a_fix() {
     let s = Scene::new("doctor-bad").await;
     // A pod created without the label: never mutated.
@@ -270,6 +272,7 @@ async fn doctor_names_each_broken_piece_with_a_fix() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_detects_a_ca_bundle_that_does_not_verify_the_webhook() {
     let ns = TestNs::new("doctor-ca").await;
     ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT)])
@@ -324,6 +327,7 @@ async fn doctor_detects_a_ca_bundle_that_does_not_verify_the_webhook() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_says_what_is_missing_and_exits_non_zero() {
     let ns = TestNs::new("doctor-missing").await;
     let (out, text) = doctor(&ns, &["-n", "e2e-no-such-namespace", "--service-account", "api"]).await;

@@ -58,6 +58,7 @@ fn assert_access_token(jwt: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn library_exchanges_a_service_account_token_for_an_access_token() {
     let w = Workload::new("xlib", "api").await;
     let credential = WorkloadIdentityCredential::builder()
@@ -81,6 +82,7 @@ async fn library_exchanges_a_service_account_token_for_an_access_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn wif_token_prints_the_access_token() {
     let w = Workload::new("xcli", "api").await;
     let out = w.wif_token(&["--output", "json"]);
@@ -94,6 +96,7 @@ async fn wif_token_prints_the_access_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn token_of_another_service_account_is_refused_with_the_subject_hint() {
     let w = Workload::new("xsub", "other").await;
     let out = w.wif_token(&[]);

@@ -195,6 +195,7 @@ fn assert_identity(claims: &Value, app: &str, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane, the wif binary and WIF_PYTHON (make e2e)"]
 async fn each_container_exchanges_the_token_for_its_own_identity() {
     let (ns, entra, _hook) = scene("ids", |ns| {
         vec![
@@ -296,6 +297,7 @@ async fn each_container_exchanges_the_token_for_its_own_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane, the wif binary and WIF_PYTHON (make e2e)"]
 async fn a_custom_audience_works_end_to_end_and_a_mismatch_is_explained() {
     let (ns, entra, hook) = scene("aud", |ns| {
         vec![
@@ -467,6 +469,7 @@ async fn a_custom_audience_works_end_to_end_and_a_mismatch_is_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_checks_every_named_identity() {
     let (ns, entra, _hook) = scene("ids-doc", |ns| {
         vec![
@@ -592,6 +595,7 @@ async fn reported_binding(ns: &TestNs, name: &str, app: &str, identity: Option<&
 /// writes its own keys; a binding whose audience disagrees with a hand-written audience
 /// annotation reports `AudienceMismatch`, and one with a custom audience writes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn bindings_write_named_identities_and_agree_on_the_audience() {
     use wif_e2e::controller::{
         ControllerEnv, ControllerOptions, ControllerProcess, PolicyGuard, binding, condition, is_ready,

@@ -15,6 +15,7 @@ use wif_e2e::{TestNs, WebhookOptions, WebhookProcess};
 use crate::webhook::{CLIENT, labelled};
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn projected_token_of_a_mutated_pod_verifies_against_the_issuers_jwks() {
     let ns = TestNs::new("token").await;
     ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT)])

@@ -92,6 +92,7 @@ async fn setup(prefix: &str) -> (TestNs, WebhookProcess) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn labelled_pod_is_stored_with_volume_mounts_and_variables() {
     let (ns, hook) = setup("inject").await;
     let pods = ns.api::<Pod>();
@@ -132,6 +133,7 @@ async fn labelled_pod_is_stored_with_volume_mounts_and_variables() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn unlabelled_and_otherwise_labelled_pods_are_untouched() {
     let (ns, _hook) = setup("untouched").await;
     let pods = ns.api::<Pod>();
@@ -148,6 +150,7 @@ async fn unlabelled_and_otherwise_labelled_pods_are_untouched() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn missing_service_account_fails_naming_it() {
     let (ns, _hook) = setup("nosa").await;
     let err = ns
@@ -161,6 +164,7 @@ async fn missing_service_account_fails_naming_it() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn out_of_range_token_expiration_is_refused_naming_the_bounds() {
     let (ns, _hook) = setup("expiry").await;
     let p = pod(
@@ -180,6 +184,7 @@ async fn out_of_range_token_expiration_is_refused_naming_the_bounds() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn warnings_reach_the_client() {
     let (ns, _hook) = setup("warn").await;
     ns.service_account("bare", &[]).await;
@@ -213,6 +218,7 @@ pub fn kubectl_stdin(ns: &TestNs, args: &[&str], stdin: &str) -> std::process::O
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn server_dry_run_returns_the_mutated_pod_and_stores_nothing() {
     let (ns, _hook) = setup("dryrun").await;
     let manifest = serde_json::to_string(&labelled("web", "api")).unwrap();
@@ -247,6 +253,7 @@ async fn server_dry_run_returns_the_mutated_pod_and_stores_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn reinvocation_mutates_a_container_added_by_a_later_webhook_exactly_once() {
     let (ns, _hook) = setup("reinvoke").await;
     let adder = crate::adder::ContainerAdder::start(&ns).await;
@@ -279,6 +286,7 @@ async fn reinvocation_mutates_a_container_added_by_a_later_webhook_exactly_once(
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn with_the_webhook_stopped_labelled_pods_fail_and_others_are_created() {
     let (ns, mut hook) = setup("down").await;
     hook.stop();
@@ -314,6 +322,7 @@ async fn served_leaf(port: u16, ca_pem: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn self_managed_certificates_are_created_published_and_shared_by_replicas() {
     use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret};
     let ns = TestNs::new("selfcert").await;

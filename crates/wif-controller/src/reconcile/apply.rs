@@ -1,0 +1,361 @@
+//! Apply: the stages of a reconcile in order, each observing, deciding (a function of
+//! [`verdict`]) and acting, into a [`Report`] published once at the end.
+
+use kube::{ResourceExt, runtime::controller::Action};
+use wif_api::FederatedIdentityBinding;
+
+use super::{
+    act, key_of,
+    status::{self, Note, Report},
+    target::{self, Target},
+    verdict::{self, Failure, Verdict},
+};
+use crate::{
+    Error,
+    azure::CredentialSpec,
+    conditions::Check,
+    context::Context,
+    directory::{ResolvedIdentity, next_resync},
+    metrics::ReconcileLabels,
+    naming, propagation,
+    reasons::Reason,
+    service_account::{self, AnnotationPlan},
+};
+
+/// Applies a binding: evaluate, publish, and requeue as the verdict says.
+pub(super) async fn apply(b: &FederatedIdentityBinding, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(b);
+    let mut run = Apply::new(ctx, b);
+    let verdict = run.evaluate().await;
+    status::publish(ctx, b, run.report).await?;
+    match verdict {
+        Verdict::Synced { parent_key } => {
+            ctx.backoff.reset(&key);
+            let now = std::time::SystemTime::now();
+            Ok(Action::requeue(next_resync(
+                &parent_key,
+                ctx.settings.resync_interval,
+                ctx.settings.resync_jitter,
+                now,
+            )))
+        }
+        Verdict::Pending => Ok(Action::requeue(ctx.backoff.next(&key))),
+        Verdict::Failed(f) => Err(Error::Degraded {
+            reason: f.reason,
+            message: f.message,
+        }),
+    }
+}
+
+/// One apply in progress.
+struct Apply<'a> {
+    ctx: &'a Context,
+    b: &'a FederatedIdentityBinding,
+    ns: String,
+    report: Report,
+}
+
+impl<'a> Apply<'a> {
+    fn new(ctx: &'a Context, b: &'a FederatedIdentityBinding) -> Self {
+        Self {
+            ctx,
+            b,
+            ns: b.namespace().unwrap_or_default(),
+            report: Report::new(b.status.clone().unwrap_or_default()),
+        }
+    }
+
+    /// Runs the stages; stops at the first that fails everything after it.
+    async fn evaluate(&mut self) -> Verdict {
+        let target = match Target::from_spec(&self.b.spec.identity) {
+            Ok(t) => t,
+            Err(message) => return self.invalid_spec(message),
+        };
+        if let Err(f) = self.permitted(&target).await {
+            return Verdict::Failed(f);
+        }
+        let resolved = match self.resolve(&target).await {
+            Ok(r) => r,
+            Err(f) => return Verdict::Failed(f),
+        };
+        if let Err(f) = self.leave_previous(&resolved).await {
+            return Verdict::Failed(f);
+        }
+        let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
+        let (credential_ok, wrote) = self.sync(&resolved, &desired).await;
+        let sa_exists = self.service_account(&resolved, credential_ok).await;
+        if credential_ok {
+            self.report.obs.propagated = self.propagation(&resolved, &desired, wrote, sa_exists).await;
+        } else {
+            self.report.obs.propagated = Check::unknown(
+                Reason::AwaitingCredential,
+                "not evaluated: the credential is not synced",
+            );
+        }
+        verdict::conclude(&self.report.obs, resolved.parent.key())
+    }
+
+    fn invalid_spec(&mut self, message: String) -> Verdict {
+        let obs = &mut self.report.obs;
+        obs.permitted = Check::unknown(Reason::InvalidSpec, "not evaluated: the identity is invalid");
+        obs.identity = Check::fail(Reason::InvalidSpec, message.clone());
+        verdict::blocked_from(obs, 1, Reason::InvalidSpec, "the identity is invalid");
+        Verdict::Failed(Failure::new(Reason::InvalidSpec, message))
+    }
+
+    /// Default deny: re-checked here whatever the webhook said; a binding no longer permitted
+    /// loses its credential.
+    async fn permitted(&mut self, target: &Target) -> Result<(), Failure> {
+        let labels = self.ctx.stores.namespace_labels(&self.ns);
+        let policies = self.ctx.stores.policies();
+        let decision = wif_api::policy::evaluate(
+            &self.ns,
+            &labels,
+            target.requested(),
+            policies.iter().map(AsRef::as_ref),
+        );
+        match verdict::permission(decision, target, &self.ns) {
+            Ok(check) => {
+                self.report.obs.permitted = check;
+                Ok(())
+            }
+            Err(f) => {
+                self.report.obs.permitted = Check::fail(f.reason, f.message.clone());
+                verdict::blocked_from(
+                    &mut self.report.obs,
+                    0,
+                    Reason::NotPermitted,
+                    "the binding is not permitted",
+                );
+                self.revoke().await;
+                Err(f)
+            }
+        }
+    }
+
+    async fn resolve(&mut self, target: &Target) -> Result<ResolvedIdentity, Failure> {
+        let tenant = target::tenant(self.b, &self.ctx.settings);
+        match target::resolve(self.ctx, target, &tenant).await {
+            Ok(resolved) => {
+                self.report.obs.identity = verdict::resolved(target, &resolved);
+                self.report.client_id = Some(resolved.client_id.clone());
+                self.report.tenant_id = Some(resolved.tenant_id.clone());
+                Ok(resolved)
+            }
+            Err(f) => {
+                self.report.obs.identity = Check::fail(f.reason, f.message.clone());
+                verdict::blocked_from(
+                    &mut self.report.obs,
+                    1,
+                    Reason::IdentityNotResolved,
+                    "the identity is not resolved",
+                );
+                Err(f)
+            }
+        }
+    }
+
+    /// The identity changed: our credential on the previous one goes first.
+    async fn leave_previous(&mut self, resolved: &ResolvedIdentity) -> Result<(), Failure> {
+        let settings = &self.ctx.settings;
+        let Some(previous) =
+            verdict::moved_from(&self.report.old, &resolved.parent, &settings.default_tenant)
+        else {
+            return Ok(());
+        };
+        match act::remove_ours(self.ctx, self.b, &previous, None, &mut self.report.events).await {
+            Ok(_) => {
+                self.report.credential = None;
+                Ok(())
+            }
+            Err(f) => {
+                self.report.obs.credential = Check::fail(
+                    f.reason,
+                    format!(
+                        "removing the credential from the previous identity: {}",
+                        f.message
+                    ),
+                );
+                verdict::blocked_from(
+                    &mut self.report.obs,
+                    2,
+                    Reason::AwaitingCredential,
+                    "the credential is not synced",
+                );
+                Err(f)
+            }
+        }
+    }
+
+    /// Syncs the credential; whether it is in place, and whether anything was written.
+    async fn sync(&mut self, resolved: &ResolvedIdentity, desired: &CredentialSpec) -> (bool, bool) {
+        let before = self.report.events.len();
+        let synced = act::sync(
+            self.ctx,
+            self.b,
+            &resolved.parent,
+            desired,
+            &mut self.report.events,
+        )
+        .await;
+        let wrote = self.report.events.len() > before;
+        match synced {
+            Ok((credential, outcome)) => {
+                let on = resolved.parent.display();
+                self.report.credential = Some(verdict::credential_status(&credential, &resolved.parent));
+                self.report.obs.credential =
+                    verdict::credential(outcome, &credential.name, &on, &self.report.old.conditions);
+                (true, wrote)
+            }
+            Err(f) => {
+                self.report.obs.credential = Check::fail(f.reason, f.message);
+                (false, wrote)
+            }
+        }
+    }
+
+    /// Not permitted (any more): remove the credential this binding owns.
+    async fn revoke(&mut self) {
+        let Some(parent) = target::parent_from_status(&self.report.old, &self.ctx.settings.default_tenant)
+        else {
+            return;
+        };
+        let events = &mut self.report.events;
+        match act::remove_ours(self.ctx, self.b, &parent, None, events).await {
+            Ok(n) => {
+                self.report.credential = None;
+                if n > 0 {
+                    events.push(Note::warning(
+                        Reason::CredentialRevoked,
+                        format!(
+                            "no policy grants this identity any more: deleted {n} credential(s) from {}",
+                            parent.display()
+                        ),
+                    ));
+                }
+            }
+            Err(f) => events.push(Note::warning(
+                Reason::RevocationFailed,
+                format!(
+                    "could not delete the credential of a binding that is no longer permitted: {}",
+                    f.message
+                ),
+            )),
+        }
+    }
+
+    /// Checks the ServiceAccount and, once the credential is in place, annotates it (pods must
+    /// not be pointed at an identity that does not trust them); whether it exists.
+    async fn service_account(&mut self, resolved: &ResolvedIdentity, credential_ok: bool) -> bool {
+        let (ctx, spec, ns) = (self.ctx, &self.b.spec, self.ns.as_str());
+        let sa_name = &spec.service_account_name;
+        let Some(sa) = ctx.stores.service_account(ns, sa_name) else {
+            self.report.obs.service_account = verdict::service_account_missing(ns, sa_name);
+            return false;
+        };
+        if !credential_ok {
+            self.report.obs.service_account = verdict::service_account_waiting(ns, sa_name);
+            return true;
+        }
+        let manager = naming::service_account_manager(&self.b.name_any());
+        let default_audience = ctx.settings.default_audience.as_str();
+        let audience = spec.audience.as_deref().unwrap_or(default_audience);
+        if let Some(found) = service_account::audience_mismatch(
+            &sa,
+            &manager,
+            audience,
+            default_audience,
+            spec.annotate_service_account,
+        ) {
+            self.report.obs.service_account = Check::fail(
+                Reason::AudienceMismatch,
+                format!(
+                    "ServiceAccount {ns}/{sa_name}'s pods get tokens for audience {found:?} (annotation {} or the \
+                     default), but this binding's credential trusts {audience:?}: Entra would answer AADSTS700212; \
+                     make spec.audience and the annotation agree",
+                    wif_api::AUDIENCE_ANNOTATION
+                ),
+            );
+            return true;
+        }
+        let want = spec.annotate_service_account.then_some(service_account::Wanted {
+            client_id: &resolved.client_id,
+            tenant_id: &resolved.tenant_id,
+            identity_name: spec.identity_name.as_deref(),
+            audience: (audience != default_audience).then_some(audience),
+        });
+        let plan = service_account::annotation_plan(&sa, &manager, want);
+        if plan != AnnotationPlan::Nothing && !ctx.leadership.is_leader() {
+            self.report.obs.service_account =
+                Check::unknown(Reason::NotLeader, "this replica is not the leader");
+            return true;
+        }
+        let applied = service_account::apply(&ctx.client, &sa, &manager, &plan).await;
+        let annotate = spec.annotate_service_account;
+        if annotate
+            && matches!(applied, Ok(service_account::Applied::Done))
+            && matches!(plan, AnnotationPlan::Apply(_))
+        {
+            self.report.events.push(Note::normal(
+                Reason::ServiceAccountAnnotated,
+                format!(
+                    "annotated ServiceAccount {ns}/{sa_name} with client id {}",
+                    resolved.client_id
+                ),
+            ));
+        }
+        self.report.obs.service_account = verdict::service_account(&applied, annotate, ns, sa_name, resolved);
+        true
+    }
+
+    /// `Propagated`: kept while nothing changed, else read back, then (when enabled) a real
+    /// token exchange once the ServiceAccount exists.
+    async fn propagation(
+        &self,
+        resolved: &ResolvedIdentity,
+        desired: &CredentialSpec,
+        wrote: bool,
+        sa_exists: bool,
+    ) -> Check {
+        let ctx = self.ctx;
+        let report = &self.report;
+        let generation = self.b.metadata.generation;
+        if let Some(kept) =
+            verdict::propagation_kept(&report.old, report.credential.as_ref(), wrote, generation)
+        {
+            return kept;
+        }
+        let read =
+            propagation::read_back(&ctx.azure, &resolved.parent, desired, &ctx.settings.readback).await;
+        if let Some(pending) = verdict::read_back(&read) {
+            return pending;
+        }
+        let Some(exchange) = &ctx.exchange else {
+            return verdict::read_back_only(ctx.settings.readback.count);
+        };
+        if !sa_exists {
+            return Check::unknown(
+                Reason::AwaitingServiceAccount,
+                "the token exchange is verified once the ServiceAccount exists",
+            );
+        }
+        let sa = &self.b.spec.service_account_name;
+        let (ns, client_id) = (self.ns.as_str(), resolved.client_id.as_str());
+        let result = propagation::exchange(
+            &ctx.client,
+            exchange,
+            ns,
+            sa,
+            &desired.audience,
+            client_id,
+            &resolved.tenant_id,
+        )
+        .await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        ctx.metrics
+            .verifications
+            .get_or_create(&ReconcileLabels { result: label })
+            .inc();
+        verdict::exchanged(&result, ns, sa, client_id)
+    }
+}

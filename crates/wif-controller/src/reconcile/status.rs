@@ -1,0 +1,210 @@
+//! What a reconcile publishes: its [`Report`] becomes conditions, a status (written once, only
+//! when it changed, with server-side apply) and Events (what was written, and every condition
+//! that changed). [`conditions_and_notes`] is the pure part.
+
+use jiff::Timestamp;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use serde_json::json;
+use wif_api::{CredentialStatus, FederatedIdentityBinding, FederatedIdentityBindingStatus};
+
+use crate::{
+    Error,
+    conditions::{self, Observations, State},
+    context::Context,
+    naming,
+    reasons::Reason,
+};
+
+/// An Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub kind: EventType,
+    /// The Event's reason.
+    pub reason: Reason,
+    /// What happened.
+    pub note: String,
+}
+
+impl Note {
+    /// A `Normal` Event.
+    pub fn normal(reason: Reason, note: String) -> Self {
+        Self {
+            kind: EventType::Normal,
+            reason,
+            note,
+        }
+    }
+
+    /// A `Warning` Event.
+    pub fn warning(reason: Reason, note: String) -> Self {
+        Self {
+            kind: EventType::Warning,
+            reason,
+            note,
+        }
+    }
+}
+
+/// What one apply observed and did, to be published.
+#[derive(Debug)]
+pub struct Report {
+    /// The status before this reconcile.
+    pub old: FederatedIdentityBindingStatus,
+    /// One check per condition behind `Ready`.
+    pub obs: Observations,
+    /// The credential to record.
+    pub credential: Option<CredentialStatus>,
+    /// The resolved client id.
+    pub client_id: Option<String>,
+    /// The resolved tenant.
+    pub tenant_id: Option<String>,
+    /// Events of what was written.
+    pub events: Vec<Note>,
+}
+
+impl Report {
+    /// Starts from the binding's current status, every condition not evaluated.
+    pub fn new(old: FederatedIdentityBindingStatus) -> Self {
+        Self {
+            credential: old.credential.clone(),
+            client_id: old.client_id.clone(),
+            tenant_id: old.tenant_id.clone(),
+            old,
+            obs: Observations::unknown(Reason::NotEvaluated, "not evaluated yet"),
+            events: Vec::new(),
+        }
+    }
+}
+
+/// The new status and the Events to publish: the writes, then each condition that changed
+/// (except `CredentialSynced=True` after a write, which would repeat the write's Event).
+pub fn conditions_and_notes(
+    report: Report,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (FederatedIdentityBindingStatus, Vec<Note>) {
+    let conditions = conditions::compute(&report.old.conditions, &report.obs, generation, now);
+    let wrote_credential = report.events.iter().any(|n| n.reason.is_credential_write());
+    let mut notes = report.events;
+    for t in conditions::transitions(&report.old.conditions, &report.obs) {
+        if wrote_credential && t.kind == conditions::CREDENTIAL_SYNCED && t.state == State::True {
+            continue;
+        }
+        let kind = if t.state == State::True {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        notes.push(Note {
+            kind,
+            reason: t.reason,
+            note: format!("{} is {}: {}", t.kind, t.state.as_str(), t.message),
+        });
+    }
+    let status = FederatedIdentityBindingStatus {
+        observed_generation: generation,
+        credential: report.credential,
+        client_id: report.client_id,
+        tenant_id: report.tenant_id,
+        conditions,
+    };
+    (status, notes)
+}
+
+/// Writes the status (only if it changed) and publishes Events for what changed.
+pub async fn publish(ctx: &Context, b: &FederatedIdentityBinding, report: Report) -> Result<(), Error> {
+    let old = report.old.clone();
+    let (status, notes) = conditions_and_notes(report, b.metadata.generation, Timestamp::now());
+    if status != old {
+        let api: Api<FederatedIdentityBinding> =
+            Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": FederatedIdentityBinding::api_version(&()),
+            "kind": FederatedIdentityBinding::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &b.name_any(),
+            &PatchParams::apply(naming::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    }
+    publish_events(ctx, b, notes).await;
+    Ok(())
+}
+
+/// Publishes Events on the binding; a failure is logged, never fatal.
+pub async fn publish_events(ctx: &Context, b: &FederatedIdentityBinding, notes: Vec<Note>) {
+    let reference = b.object_ref(&());
+    for n in notes {
+        let event = Event {
+            type_: n.kind,
+            reason: n.reason.as_str().to_owned(),
+            note: Some(conditions::truncate(&n.note, 1000)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, reason = %n.reason, "failed to publish an Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::Check;
+
+    fn all_true() -> Observations {
+        Observations {
+            permitted: Check::ok(Reason::Granted, "policy p"),
+            identity: Check::ok(Reason::Resolved, "app"),
+            credential: Check::ok(Reason::Created, "created"),
+            service_account: Check::ok(Reason::Annotated, "ok"),
+            propagated: Check::ok(Reason::ReadBack, "read back"),
+        }
+    }
+
+    #[test]
+    fn a_write_is_reported_once_and_other_changes_as_conditions() {
+        let mut report = Report::new(FederatedIdentityBindingStatus::default());
+        report.obs = all_true();
+        report
+            .events
+            .push(Note::normal(Reason::CredentialCreated, "created c".into()));
+        let (status, notes) = conditions_and_notes(report, Some(1), Timestamp::UNIX_EPOCH);
+        assert_eq!(status.conditions.len(), 6);
+        let reasons: Vec<_> = notes.iter().map(|n| n.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                Reason::CredentialCreated,
+                Reason::Ready,
+                Reason::Granted,
+                Reason::Resolved,
+                Reason::Annotated,
+                Reason::ReadBack
+            ]
+        );
+        assert!(notes.iter().all(|n| n.kind == EventType::Normal));
+    }
+
+    #[test]
+    fn an_unchanged_report_publishes_nothing() {
+        let mut first = Report::new(FederatedIdentityBindingStatus::default());
+        first.obs = all_true();
+        let (status, _) = conditions_and_notes(first, Some(1), Timestamp::UNIX_EPOCH);
+        let mut again = Report::new(status.clone());
+        again.obs = all_true();
+        let (next, notes) = conditions_and_notes(again, Some(1), Timestamp::now());
+        assert_eq!(next, status, "lastTransitionTime kept");
+        assert!(notes.is_empty());
+    }
+}
