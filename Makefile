@@ -73,7 +73,7 @@ controlplane: ## build (or reuse) the Go test control plane
 	@e2e/controlplane/build.sh >/dev/null
 
 .PHONY: e2e
-e2e: build controlplane ## end-to-end tests through a real kube-apiserver
+e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included)
 	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
 	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
 

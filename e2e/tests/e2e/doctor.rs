@@ -20,7 +20,7 @@ use crate::webhook::{CLIENT, labelled, pod};
 
 /// `wif doctor <args>` with the admin kubeconfig. Run off the test's runtime, which also
 /// serves the in-process emulator doctor talks to.
-async fn doctor(ns: &TestNs, args: &[&str]) -> (Output, String) {
+pub(crate) async fn doctor(ns: &TestNs, args: &[&str]) -> (Output, String) {
     let kubeconfig = ns.cp.kubeconfig.clone();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let out = tokio::task::spawn_blocking(move || {
@@ -58,7 +58,7 @@ fn checks(text: &str) -> BTreeMap<String, (char, String)> {
 }
 
 #[track_caller]
-fn assert_check(text: &str, name: &str, mark: char, says: &str) {
+pub(crate) fn assert_check(text: &str, name: &str, mark: char, says: &str) {
     let all = checks(text);
     let (got, line) = all
         .get(name)
@@ -82,7 +82,7 @@ fn binding_api(ns: &TestNs) -> Api<DynamicObject> {
 }
 
 /// The binding CRD, from the types `wif crd` prints (idempotent across parallel tests).
-async fn ensure_binding_crd(ns: &TestNs) {
+pub(crate) async fn ensure_binding_crd(ns: &TestNs) {
     let api: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
     let crd = wif_api::FederatedIdentityBinding::crd();
     let name = crd.metadata.name.clone().unwrap();

@@ -9,6 +9,7 @@ mod exchange;
 mod harness;
 mod helm;
 mod http2;
+mod identities;
 mod token;
 mod unmutated;
 mod webhook;
