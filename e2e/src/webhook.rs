@@ -296,11 +296,14 @@ pub async fn wait_until_called(ns: &TestNs) {
         "spec": {"serviceAccountName": "wif-e2e-probe", "containers": [{"name": "c", "image": "busybox"}]}
     }))
     .unwrap();
-    ns.service_account("wif-e2e-probe", &[])
-        .await
-        .metadata
-        .name
-        .unwrap();
+    // A second webhook of the same namespace finds the probe's ServiceAccount there already.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "wif-e2e-probe"}})).unwrap();
+    match ns.api().create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create ServiceAccount wif-e2e-probe: {e}"),
+    }
     let pp = PostParams {
         dry_run: true,
         ..PostParams::default()

@@ -14,7 +14,7 @@ use std::{process::Output, time::Duration};
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::ReplicaSet, core::v1::Pod,
-    events::v1::Event, policy::v1::PodDisruptionBudget,
+    events::v1::Event,
 };
 use kube::{
     Api, ResourceExt,
@@ -278,57 +278,46 @@ async fn without_recycling_nothing_is_deleted_and_doctor_lists_the_pods() {
 }
 
 #[tokio::test]
-async fn bare_pods_are_never_deleted_and_a_pdb_blocks_eviction_without_a_hot_loop() {
-    let ns = TestNs::new("unmutated-pdb").await;
+async fn bare_pods_are_reported_and_never_deleted_while_owned_ones_are_recycled() {
+    let ns = TestNs::new("unmutated-bare").await;
     ns.service_account("app", &[(CLIENT_ID_ANNOTATION, CLIENT_ID)])
         .await;
     let _down = webhook_down(&ns).await;
     owned_pod(&ns, "web-rs", "web-1").await;
     bare_pod(&ns, "bare").await;
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "web"}}}
-    }))
-    .unwrap();
-    ns.api::<PodDisruptionBudget>()
-        .create(&PostParams::default(), &pdb)
-        .await
-        .unwrap();
-    let _back = webhook_back(&ns).await;
-
     let env = ControllerEnv::start(&ns, json!({}), json!({})).await;
     let ctl = controller(&ns, &env, true).await;
-    let note = eventually(
-        "Event EvictionBlocked on web-1",
-        Duration::from_secs(30),
-        || async {
-            events(&ns, "web-1")
-                .await
-                .into_iter()
-                .find(|(r, _)| r == "EvictionBlocked")
-                .map(|(_, n)| n)
-        },
-    )
-    .await;
-    assert!(note.contains("PodDisruptionBudget"), "{note}");
-    let first = ctl.metric("wif_unmutated_eviction_failures_total", &[]).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let later = ctl.metric("wif_unmutated_eviction_failures_total", &[]).await;
-    // Retried (1 s, 2 s, 4 s …), not hammered every tick.
-    assert!(later > first || later >= 2.0, "not retried: {first} → {later}");
-    assert!(
-        later <= first + 3.0,
-        "hot loop: {first} → {later}\n{}",
-        ctl.logs()
-    );
+    for pod in ["web-1", "bare"] {
+        eventually(
+            &format!("Event NotMutated on {pod}"),
+            Duration::from_secs(30),
+            || async {
+                events(&ns, pod)
+                    .await
+                    .into_iter()
+                    .any(|(r, _)| r == "NotMutated")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let _back = webhook_back(&ns).await;
     let pods: Api<Pod> = ns.api();
-    assert!(pods.get_opt("web-1").await.unwrap().is_some());
+    eventually("web-1 evicted", Duration::from_secs(30), || async {
+        gone(&pods, "web-1").await.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         pods.get_opt("bare").await.unwrap().is_some(),
-        "a bare pod was deleted"
+        "a bare pod was deleted:\n{}",
+        ctl.logs()
     );
-    assert!(events(&ns, "bare").await.iter().any(|(r, _)| r == "NotMutated"));
-    assert_eq!(ctl.metric("wif_unmutated_pods_recycled_total", &[]).await, 0.0);
+    assert_eq!(ctl.metric("wif_unmutated_pods_recycled_total", &[]).await, 1.0);
+    assert_eq!(
+        ctl.metric("wif_unmutated_pods", &[("namespace", &ns.name)]).await,
+        1.0
+    );
 }
 
 async fn doctor(ns: &TestNs, args: &[&str]) -> (Output, String) {
@@ -484,12 +473,11 @@ async fn every_skip_reason_is_a_warning_and_counted() {
             "{reason}: {text} not in {stderr}"
         );
     }
-    // A labelled pod whose ServiceAccount does not exist: refused, saying which.
+    // A labelled pod whose ServiceAccount does not exist: refused, saying which (the API
+    // server's ServiceAccount admission answers before any webhook; wif's own refusal, counted
+    // as refused/service_account_missing, is for API servers without that plugin).
     let (stderr, ok) = kubectl_dry_run(&ns, &pod("ghost", "ghost", json!({USE_LABEL: "true"}), json!({})));
-    assert!(
-        !ok && stderr.contains("ServiceAccount") && stderr.contains("ghost"),
-        "{stderr}"
-    );
+    assert!(!ok && stderr.contains("ghost"), "{stderr}");
 
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", hook.admin_port))
         .await
@@ -508,7 +496,11 @@ async fn every_skip_reason_is_a_warning_and_counted() {
     for reason in ["label_on_service_account", "client_id_on_pod", "misspelt_key"] {
         assert!(count("skipped", reason) >= 1.0, "{reason}:\n{text}");
     }
-    assert!(count("refused", "service_account_missing") >= 1.0, "{text}");
+    // Labelled pods are counted too (the probe pods the harness sends).
+    assert!(
+        wif_e2e::controller::metric_sum(&text, "wif_admission_total", &[("result", "mutated")]) >= 1.0,
+        "{text}"
+    );
 }
 
 /// Deletes a cluster-scoped webhook configuration when dropped (also while a test unwinds).
@@ -636,7 +628,7 @@ async fn webhook_is_not_ready_before_its_service_account_cache_syncs() {
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key-file")
         .arg(dir.path().join("tls.key"))
-        .args(["--log-format", "text"])
+        .args(["--log-format", "json"])
         .env("KUBECONFIG", dir.path().join("kubeconfig"))
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
@@ -654,14 +646,8 @@ async fn webhook_is_not_ready_before_its_service_account_cache_syncs() {
         || async {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let line = text.lines().find(|l| l.contains("webhook listening"))?;
-            let at = line.find("admin=")? + "admin=".len();
-            Some(
-                line[at..]
-                    .split(|c: char| c.is_whitespace())
-                    .next()?
-                    .trim_matches('"')
-                    .to_owned(),
-            )
+            let at = line.find("\"admin\":\"")? + "\"admin\":\"".len();
+            Some(line[at..].split('"').next()?.to_owned())
         },
     )
     .await;

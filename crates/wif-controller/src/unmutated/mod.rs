@@ -484,7 +484,9 @@ impl Reconciler {
 
     async fn recycle(&mut self, uid: &str, ns: &str, name: &str, owner: &Owner) {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match self.webhook_injects(&api, name).await {
+        let proof = tokio::time::timeout(Duration::from_secs(15), self.webhook_injects(&api, name)).await;
+        let proof = proof.unwrap_or_else(|_| Ok(false));
+        match proof {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(namespace = %ns, pod = %name, "the webhook does not inject yet (dry-run create); not evicting");
@@ -497,7 +499,15 @@ impl Reconciler {
                 return;
             }
         }
-        match api.evict(name, &EvictParams::default()).await {
+        tracing::debug!(namespace = %ns, pod = %name, "the webhook injects again (dry-run); evicting");
+        let evicted = tokio::time::timeout(Duration::from_secs(15), api.evict(name, &EvictParams::default()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(kube::Error::Service(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "eviction timed out").into(),
+                ))
+            });
+        match evicted {
             Ok(_) => {
                 self.metrics.recycled.inc();
                 self.evictions.push_back(Instant::now());
