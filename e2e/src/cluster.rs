@@ -31,6 +31,15 @@ pub struct ControlPlane {
     pub ca: PathBuf,
     /// Working directory (logs).
     pub dir: PathBuf,
+    /// With `up --node`: the node's name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// With `up --node`: the pod network (CIDR).
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    /// With `up --node`: the host's address on the pod network (where pods reach this machine).
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// Keeps the control plane's stdin open for the life of the test process: when the process
@@ -42,7 +51,7 @@ struct Owned {
 }
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-static OWNED: Mutex<Option<Owned>> = Mutex::new(None);
+static OWNED: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
 
 /// The control plane for this test process: `$WIF_E2E_CONTROLPLANE` (the READY JSON of one
 /// started by the caller) if set, else one started now. Panics with the logs if it cannot start.
@@ -62,7 +71,8 @@ pub fn control_plane() -> ControlPlane {
         .unwrap_or_else(|e| panic!("the test control plane is not available: {e}"))
 }
 
-fn binary() -> anyhow::Result<PathBuf> {
+/// The control plane binary: `$WIF_CONTROLPLANE_BIN`, else built (or found cached) by build.sh.
+pub fn binary() -> anyhow::Result<PathBuf> {
     if let Ok(bin) = std::env::var("WIF_CONTROLPLANE_BIN") {
         return Ok(bin.into());
     }
@@ -84,9 +94,19 @@ fn binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts `bin up` with `extra` arguments and waits for READY; on failure (exit, or not ready
-/// within 60 s) the error carries the tails of the control plane's, API server's and etcd's logs.
+/// within 60 s) the error carries the tails of the control plane's, API server's and etcd's logs
+/// (and containerd's and the kubelet's with `--node`).
 /// The control plane lives until this process exits.
 pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+    start_within(bin, extra, Duration::from_secs(60))
+}
+
+/// [`start`] with another bound on readiness.
+pub fn start_within(
+    bin: &std::path::Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<ControlPlane> {
     let dir = tempfile::Builder::new().prefix("wif-e2e-cp-").tempdir()?;
     let log = std::fs::File::create(dir.path().join("controlplane.log"))?;
     let mut child = Command::new(bin)
@@ -115,7 +135,7 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
         }
     });
     // The bound: a control plane that cannot start fails the run within 60 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + timeout;
     let ready = loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(json) => break json,
@@ -135,10 +155,15 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
                 let why = if guard.exited() {
                     "exited"
                 } else {
-                    "did not become ready within 60 s"
+                    "did not become ready in time"
                 };
                 let logs = ["controlplane.log", "apiserver.log", "etcd.log"]
                     .iter()
+                    .chain(
+                        ["node/containerd.log", "node/kubelet.log"]
+                            .iter()
+                            .filter(|f| dir.path().join(f).exists()),
+                    )
                     .map(|f| format!("--- {f} (tail) ---\n{}", tail(&dir.path().join(f), 40)))
                     .collect::<Vec<_>>()
                     .join("\n");
@@ -148,7 +173,7 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
     };
     let cp: ControlPlane = serde_json::from_str(&ready).context("bad READY line")?;
     eprintln!("e2e: control plane ready at {} (issuer {})", cp.server, cp.issuer);
-    *OWNED.lock().map_err(|_| anyhow!("poisoned"))? = Some(Owned {
+    OWNED.lock().map_err(|_| anyhow!("poisoned"))?.push(Owned {
         _stdin: stdin,
         _guard: guard,
         _dir: dir,
@@ -192,7 +217,11 @@ pub struct TestNs {
 impl TestNs {
     /// Creates `e2e-<prefix>-<random>`.
     pub async fn new(prefix: &str) -> Self {
-        let cp = control_plane();
+        Self::on(control_plane(), prefix).await
+    }
+
+    /// Creates `e2e-<prefix>-<random>` on the given control plane (e.g. the one with the node).
+    pub async fn on(cp: ControlPlane, prefix: &str) -> Self {
         let client = cp.client().await;
         let name = format!("e2e-{prefix}-{:04x}", rand::random::<u16>());
         let ns = Namespace {

@@ -8,5 +8,6 @@ mod doctor;
 mod exchange;
 mod harness;
 mod helm;
+mod node;
 mod token;
 mod webhook;
