@@ -61,7 +61,7 @@ controlplane: ## build (or reuse) the Go test control plane
 e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (and a real node: root, `make node-deps`)
 	images=$$(scripts/images.sh | tail -1); \
 	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) WIF_E2E_IMAGES=$$images \
-	  cargo test -p wif-e2e -- --test-threads=2
+	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
 
 .PHONY: images
 images: ## OCI archives for the test node (wif as the Dockerfile builds it, pause, test client); prints their directory

@@ -38,6 +38,11 @@ wait_for() { # file pattern seconds what
   tail -20 "$1" >&2 || true
   die "$4 did not start within $3 s (log above)"
 }
+# Servers bind port 0 and log where they listen ("... listen=127.0.0.1:PORT admin=...");
+# picking a free port here and handing it on would race with other processes.
+listen_field() { # file message field -> host:port
+  sed -n "/$2/s/.* $3=\([^ ]*\).*/\1/p" "$1" | head -1
+}
 
 bold "1/8 building wif, the test control plane and the node's images (the first run compiles everything: several minutes)"
 cargo build -p wif 2>&1 | grep -E '^\s*(Compiling wif|Finished|error)' || true
@@ -96,8 +101,8 @@ note "Entra at $entra_url (on the pod network: pods reach it); app $client has n
 
 bold "4/8 starting wif webhook (self-managed CA in a Secret, caBundle patched by the webhook itself)"
 kubectl create namespace wif-system >/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The configuration exists before the webhook starts, so the webhook publishes its caBundle at
+# once; its URL gets the port once the webhook says where it listens.
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -107,7 +112,7 @@ webhooks:
   - name: mutation.wif.azure.workload.identity
     admissionReviewVersions: [v1]
     clientConfig:
-      url: https://127.0.0.1:$port/mutate-v1-pod
+      url: https://127.0.0.1:1/mutate-v1-pod
     rules:
       - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
     objectSelector:
@@ -120,16 +125,21 @@ webhooks:
     reinvocationPolicy: IfNeeded
     timeoutSeconds: 10
 EOF
-"$WIF" webhook --tenant-id "$tenant" --cloud "$entra_url/" --listen "127.0.0.1:$port" \
-  --admin-listen "127.0.0.1:$admin" --cert-mode self-managed --namespace wif-system \
+"$WIF" webhook --tenant-id "$tenant" --cloud "$entra_url/" --listen 127.0.0.1:0 \
+  --admin-listen 127.0.0.1:0 --cert-mode self-managed --namespace wif-system \
   --webhook-config wif-webhook --cert-extra-hosts 127.0.0.1 --log-format text \
   >"$work/webhook.out" 2>"$work/webhook.err" &
 pids+=($!)
+wait_for "$work/webhook.err" 'webhook listening' 60 "wif webhook"
+listen=$(listen_field "$work/webhook.err" 'webhook listening' listen)
+admin=$(listen_field "$work/webhook.err" 'webhook listening' admin)
+kubectl patch mutatingwebhookconfiguration wif-webhook --type json >/dev/null \
+  -p "[{\"op\": \"replace\", \"path\": \"/webhooks/0/clientConfig/url\", \"value\": \"https://$listen/mutate-v1-pod\"}]"
 for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break
+  curl -sf "http://$admin/readyz" >/dev/null && break
   sleep 0.1
 done
-curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null || { tail -20 "$work/webhook.err"; die "webhook not ready"; }
+curl -sf "http://$admin/readyz" >/dev/null || { tail -20 "$work/webhook.err"; die "webhook not ready"; }
 note "ready; Secret $(kubectl -n wif-system get secret wif-webhook-tls -o jsonpath='{.metadata.name}') holds its CA,"
 note "caBundle published: $(kubectl get mutatingwebhookconfiguration wif-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | head -c 24)…"
 sleep 1 # the API server's webhook cache picks the caBundle up
@@ -138,10 +148,9 @@ bold "5/8 wif controller (its own workload identity), the CRDs, a policy grantin
 "$WIF" crd | kubectl apply -f - >/dev/null
 kubectl create serviceaccount wif-controller -n wif-system >/dev/null
 kubectl create token wif-controller -n wif-system --audience api://AzureADTokenExchange --duration 24h >"$work/ctl-token"
-ctl_admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$WIF" controller --tenant-id "$tenant" --client-id "$ctl_client" --token-file "$work/ctl-token" \
   --authority-host "$entra_url/" --graph-url "$entra_url/graph" --arm-url "$entra_url/arm" --trust-ca "$entra_ca" \
-  --lease-namespace wif-system --admin-listen "127.0.0.1:$ctl_admin" --log-format text \
+  --lease-namespace wif-system --admin-listen 127.0.0.1:0 --log-format text \
   >"$work/controller.out" 2>"$work/controller.err" &
 pids+=($!)
 kubectl create namespace demo >/dev/null

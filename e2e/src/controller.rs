@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
 use wif_emulator::{Config, Emulator, EmulatorConfig, Handle};
 
-use crate::{ChildGuard, TestNs, entra::service_account_token, free_port, tail, wif_bin};
+use crate::{ChildGuard, TestNs, entra::service_account_token, tail, wif_bin};
 
 /// Tenant of every controller test.
 pub const TENANT: &str = crate::entra::TENANT;
@@ -253,11 +253,14 @@ pub fn cluster_id(ns: &TestNs) -> String {
 impl ControllerProcess {
     /// Starts the controller; does not wait for it.
     pub fn spawn(ns: &TestNs, env: &ControllerEnv, opts: &ControllerOptions) -> Self {
-        let admin_port = free_port();
-        let log = env
-            .dir
-            .path()
-            .join(format!("controller-{}-{admin_port}.log", opts.identity));
+        let log = tempfile::Builder::new()
+            .prefix(&format!("controller-{}-", opts.identity))
+            .suffix(".log")
+            .tempfile_in(env.dir.path())
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
         let flags: Vec<(&str, String)> = vec![
             ("--tenant-id", TENANT.into()),
             ("--client-id", CONTROLLER_APP.into()),
@@ -283,7 +286,7 @@ impl ControllerProcess {
             ("--lease-duration", "4s".into()),
             ("--renew-deadline", "3s".into()),
             ("--retry-period", "500ms".into()),
-            ("--admin-listen", format!("127.0.0.1:{admin_port}")),
+            ("--admin-listen", "127.0.0.1:0".into()),
             ("--log-level", "info,wif_controller=debug".into()),
             ("--log-format", "text".into()),
         ];
@@ -316,11 +319,13 @@ impl ControllerProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start wif controller");
+        let mut process = ChildGuard {
+            child,
+            name: format!("wif controller {}", opts.identity),
+        };
+        let admin_port = process.wait_listening(&log, "admin server listening", &["admin"])[0].port();
         Self {
-            process: ChildGuard {
-                child,
-                name: format!("wif controller {}", opts.identity),
-            },
+            process,
             admin_port,
             log,
         }

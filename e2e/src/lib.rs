@@ -49,15 +49,6 @@ pub fn wif_bin() -> std::path::PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Last `n` lines of a file, for failure reports.
 pub fn tail(path: &std::path::Path, n: usize) -> String {
     let text =

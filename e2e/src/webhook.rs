@@ -14,7 +14,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use crate::{ChildGuard, TestNs, free_port, tail, wif_bin};
+use crate::{ChildGuard, TestNs, tail, wif_bin};
 
 /// How to start the webhook.
 #[derive(Clone, Debug)]
@@ -145,17 +145,11 @@ impl WebhookProcess {
         ca_pem: String,
         cert_args: Vec<String>,
     ) -> Self {
-        let (port, admin_port) = (free_port(), free_port());
         let log = dir.path().join("webhook.log");
         let child = std::process::Command::new(wif_bin())
             .arg("webhook")
             .args(["--tenant-id", &opts.tenant_id, "--cloud", &opts.cloud])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin_port}"),
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(cert_args)
             .args(["--log-level", "info,wif_webhook=debug"])
             .env("KUBECONFIG", &ns.cp.kubeconfig)
@@ -164,13 +158,15 @@ impl WebhookProcess {
             .stderr(std::fs::File::create(dir.path().join("webhook.err")).unwrap())
             .spawn()
             .expect("start wif webhook");
+        let mut process = ChildGuard {
+            child,
+            name: "wif webhook".into(),
+        };
+        let addrs = process.wait_listening(&log, "webhook listening", &["listen", "admin"]);
         Self {
-            process: ChildGuard {
-                child,
-                name: "wif webhook".into(),
-            },
-            port,
-            admin_port,
+            process,
+            port: addrs[0].port(),
+            admin_port: addrs[1].port(),
             ca_pem,
             config_name: format!("wif-e2e-{}", ns.name),
             log,

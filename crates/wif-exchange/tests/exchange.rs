@@ -578,10 +578,11 @@ async fn slow_endpoint_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_retried_then_typed() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Bound but never listening: connections are refused, and no other process can take the
+    // port while the socket is held.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
     let cred = WorkloadIdentityCredential::builder()
         .tenant_id(TENANT)
         .client_id(CLIENT)

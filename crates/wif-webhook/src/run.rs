@@ -86,6 +86,11 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
         limits,
         miss_timeout,
     } = cfg;
+    // Bound first so the addresses are known (and logged) while certificates are being set up:
+    // with port 0, that line is how a supervisor learns where to register the webhook.
+    let admission = server::bind(listen).await?;
+    let admin = server::bind(admin_listen).await?;
+    tracing::info!(listen = %admission.local_addr()?, admin = %admin.local_addr()?, "webhook listening");
     let store = CertStore::new();
     match certs {
         CertSource::Files {
@@ -114,10 +119,6 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
         service_accounts: cache.clone(),
         metrics: metrics.clone(),
     };
-
-    let admission = server::bind(listen).await?;
-    let admin = server::bind(admin_listen).await?;
-    tracing::info!(listen = %admission.local_addr()?, admin = %admin.local_addr()?, "webhook listening");
 
     let ready = {
         let (cache, store) = (cache.clone(), store.clone());

@@ -1,5 +1,7 @@
 //! Logging set-up shared by the long-running subcommands.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log output format.
@@ -26,8 +28,13 @@ pub fn init(level: &str, format: LogFormat) {
                     .with_span_list(false),
             )
             .try_init(),
+        // No colour codes when the log goes to a file or a collector rather than a terminal.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
     };
     if let Err(error) = result {

@@ -107,17 +107,26 @@ impl Setup {
     }
 
     /// Event reasons recorded for a binding.
-    async fn event_reasons(&self, binding: &str) -> Vec<String> {
+    /// Reasons of the Events about `binding`, once each of `want` is among them or after 30 s:
+    /// an Event is recorded after the status it explains, so a test that saw the status polls.
+    async fn event_reasons(&self, binding: &str, want: &[&str]) -> Vec<String> {
         let events: Api<k8s_openapi::api::events::v1::Event> = self.ns.api();
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(binding))
-            .filter_map(|e| e.reason)
-            .collect()
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(binding))
+                .filter_map(|e| e.reason)
+                .collect();
+            if want.iter().all(|w| reasons.iter().any(|r| r == w)) || std::time::Instant::now() > deadline {
+                return reasons;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -238,12 +247,13 @@ async fn application_binding_lifecycle_and_drift() {
     })
     .await;
 
-    let reasons = s.event_reasons("api").await;
-    for want in [
+    let wanted = [
         "CredentialCreated",
         "CredentialUpdated",
         "ServiceAccountAnnotated",
-    ] {
+    ];
+    let reasons = s.event_reasons("api", &wanted).await;
+    for want in wanted {
         assert!(
             reasons.iter().any(|r| r == want),
             "no {want} Event in {reasons:?}"
@@ -321,7 +331,7 @@ async fn managed_identity_binding_and_orphan_policy() {
     let creds = s.env.identity_credentials("api-identity").await;
     assert_eq!(creds.len(), 1, "Orphan leaves the credential");
     assert!(
-        s.event_reasons("mi")
+        s.event_reasons("mi", &["CredentialOrphaned"])
             .await
             .iter()
             .any(|r| r == "CredentialOrphaned")
@@ -394,7 +404,7 @@ async fn conflicts_and_capacity_are_conditions() {
             .count(),
         19
     );
-    let reasons = s.event_reasons("twenty-first").await;
+    let reasons = s.event_reasons("twenty-first", &["CapacityExceeded"]).await;
     assert!(reasons.iter().any(|r| r == "CapacityExceeded"), "{reasons:?}");
     // Still there after a few resyncs: no write, no eviction.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -479,7 +489,7 @@ async fn bad_input_is_reported_not_crashed_on() {
         assert_eq!(status, "False", "{name}");
         assert_eq!(ready_reason, *reason, "{name}");
         assert!(message.contains(hint), "{name}: {message}");
-        let reasons = s.event_reasons(name).await;
+        let reasons = s.event_reasons(name, &[*reason]).await;
         assert!(
             reasons.iter().any(|r| r == reason),
             "{name}: no {reason} Event in {reasons:?}"
@@ -657,7 +667,7 @@ async fn ungranted_bindings_are_refused_at_apply_and_rechecked() {
     })
     .await;
     assert!(
-        s.event_reasons("api")
+        s.event_reasons("api", &["CredentialRevoked"])
             .await
             .iter()
             .any(|r| r == "CredentialRevoked")

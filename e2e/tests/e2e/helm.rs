@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 use kube::{Api, api::PostParams};
 use serde_json::Value;
 use wif_e2e::{
-    ChildGuard, TestNs, free_port,
+    ChildGuard, TestNs,
     helm::{Helm, chart, find, kinds},
     tail,
     webhook::wait_until_called,
@@ -692,7 +692,6 @@ impl LocalComponent {
             .prefix("wif-e2e-chart-")
             .tempdir()
             .unwrap();
-        let (port, admin) = (free_port(), free_port());
         let chart_args = container_args(&deploy);
         let is_webhook = chart_args.first().map(String::as_str) == Some("webhook");
         let mut args: Vec<String> = chart_args
@@ -713,12 +712,9 @@ impl LocalComponent {
             })
             .collect();
         if is_webhook {
-            args.push(format!("--listen=127.0.0.1:{port}"));
+            args.push("--listen=127.0.0.1:0".into());
         }
-        args.extend([
-            format!("--admin-listen=127.0.0.1:{admin}"),
-            "--log-format=text".into(),
-        ]);
+        args.extend(["--admin-listen=127.0.0.1:0".into(), "--log-format=text".into()]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let kubeconfig = service_account_kubeconfig(ns, &sa, dir.path()).await;
         let log = dir.path().join("out.log");
@@ -732,14 +728,21 @@ impl LocalComponent {
             .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
             .spawn()
             .unwrap();
-        let mut component = Self {
-            process: ChildGuard {
-                child,
-                name: deployment.to_owned(),
-            },
-            port,
-            dir,
+        let mut process = ChildGuard {
+            child,
+            name: deployment.to_owned(),
         };
+        let err_log = dir.path().join("err.log");
+        let (port, admin) = if is_webhook {
+            let addrs = process.wait_listening(&err_log, "webhook listening", &["listen", "admin"]);
+            (addrs[0].port(), addrs[1].port())
+        } else {
+            (
+                0,
+                process.wait_listening(&err_log, "admin server listening", &["admin"])[0].port(),
+            )
+        };
+        let mut component = Self { process, port, dir };
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         for _ in 0..300 {
             assert!(
