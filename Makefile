@@ -73,9 +73,18 @@ controlplane: ## build (or reuse) the Go test control plane
 	@e2e/controlplane/build.sh >/dev/null
 
 .PHONY: e2e
-e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included)
-	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included) and a real node (root, `make node-deps`)
+	images=$$(scripts/images.sh | tail -1); \
+	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) WIF_E2E_IMAGES=$$images \
 	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
+
+.PHONY: images
+images: ## OCI archives for the test node (wif as the Dockerfile builds it, pause, test client); prints their directory
+	@scripts/images.sh | tail -1
+
+.PHONY: node-deps
+node-deps: ## Debian packages the test node needs (containerd, runc, CNI plugins, nftables), if missing
+	@scripts/node-deps.sh
 
 .PHONY: bench
 bench: bench-controller bench-memory ## benchmarks (loopback only, bounded in time); figures in bench/results/*.json

@@ -26,11 +26,18 @@ func startChild(name, logPath string, args []string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startProcess(name, logPath, self, append([]string{name}, args...), nil)
+}
+
+// startProcess runs program (this binary or another one, e.g. containerd) as a child that
+// dies with us; env nil keeps ours.
+func startProcess(name, logPath, program string, args, env []string) (*child, error) {
 	log, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd := exec.Command(program, args...)
+	cmd.Env = env
 	cmd.Stdin = nil // /dev/null: stdin EOF is "up"'s own shutdown signal, not the child's
 	cmd.Stdout = log
 	cmd.Stderr = log

@@ -2,11 +2,15 @@
 // an embedded etcd plus kube-apiserver (and optionally kube-controller-manager), all
 // compiled from the Kubernetes Go modules, so no Docker and no binary downloads.
 //
-//	controlplane up --dir DIR [--kubeconfig PATH] [--kcm] [--timeout 60s]
+//	controlplane up --dir DIR [--kubeconfig PATH] [--kcm] [--node [--images DIR]] [--timeout 60s]
 //
 // Once the API server is ready it prints one line on stdout,
 //
 //	READY {"kubeconfig":"…","server":"https://127.0.0.1:N","issuer":"…","ca":"DIR/ca.crt","dir":"…"}
+//
+// With --node it also runs a node (containerd, runc, a kubelet, kube-scheduler and a CNI
+// bridge network of its own; node.go) and the READY line names it: "node", "podCIDR",
+// "gateway" (the host's address on the pod network).
 //
 // and then runs until SIGTERM/SIGINT or until stdin reaches EOF.
 //
@@ -17,12 +21,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
 	"k8s.io/component-base/cli"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcm "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
@@ -43,6 +50,16 @@ func main() {
 		cmd := kcm.NewControllerManagerCommand()
 		cmd.SetArgs(os.Args[2:])
 		os.Exit(cli.Run(cmd))
+	case "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubelet.NewKubeletCommand(context.Background())
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "image":
+		os.Exit(imageMain(os.Args[2:]))
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -54,8 +71,12 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  controlplane up --dir DIR [--kubeconfig PATH] [--kcm] [--timeout 60s] [--exit-on-stdin-eof=true]
+  controlplane up --dir DIR [--kubeconfig PATH] [--kcm] [--node [--images DIR]] [--timeout 60s] [--exit-on-stdin-eof=true]
+  controlplane image --out FILE --name REF [--file SRC:DST[:MODE]]... [--pause DST] [--user UID:GID]
+                     [--entrypoint JSON] [--cmd JSON] [--env K=V]... [--label K=V]...   (an OCI archive)
   controlplane kube-apiserver [kube-apiserver flags]            (internal: run by "up")
   controlplane kube-controller-manager [kube-controller-manager flags]  (internal: run by "up")
+  controlplane kube-scheduler [kube-scheduler flags]            (internal: run by "up --node")
+  controlplane kubelet [kubelet flags]                          (internal: run by "up --node")
 `)
 }

@@ -32,7 +32,14 @@ type pki struct {
 	// SAKey signs ServiceAccount tokens (kube-apiserver) and is given to the controller
 	// manager; SAPub verifies them.
 	SAKey, SAPub string
+
+	ca    *x509.Certificate
+	caKey crypto.Signer
 }
+
+// kubernetesServiceIP is the ClusterIP of the "kubernetes" Service (the first address of
+// --service-cluster-ip-range): in-cluster clients on the node reach the API server there.
+var kubernetesServiceIP = net.IPv4(10, 0, 0, 1)
 
 func generatePKI(dir string) (*pki, error) {
 	p := &pki{
@@ -72,30 +79,17 @@ func generatePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 
-	leaf := func(certPath, keyPath string, tmpl *x509.Certificate) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		tmpl.BasicConstraintsValid = true
-		der, err := sign(tmpl, caCert, key.Public(), caKey)
-		if err != nil {
-			return err
-		}
-		if err := writeCert(certPath, der); err != nil {
-			return err
-		}
-		return writeKey(keyPath, key)
-	}
+	p.ca, p.caKey = caCert, caKey
+	leaf := p.issue
 	// Clients connect to https://127.0.0.1:N; "localhost" is there for tools that insist
-	// on a DNS name. No other address is ever used.
+	// on a DNS name. Pods on the node (--node) connect to the "kubernetes" Service, whose
+	// ClusterIP is forwarded to 127.0.0.1:N on this machine.
 	if err := leaf(p.ServingCert, p.ServingKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "wif-e2e-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), kubernetesServiceIP},
+		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc.cluster.local"},
 	}); err != nil {
 		return nil, fmt.Errorf("serving cert: %w", err)
 	}
@@ -123,6 +117,26 @@ func generatePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// issue writes a leaf certificate (ECDSA P-256 key) signed by the run's CA.
+func (p *pki) issue(certPath, keyPath string, tmpl *x509.Certificate) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl.NotBefore = time.Now().Add(-time.Hour)
+	tmpl.NotAfter = tmpl.NotBefore.Add(30 * 24 * time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.BasicConstraintsValid = true
+	der, err := sign(tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		return err
+	}
+	if err := writeCert(certPath, der); err != nil {
+		return err
+	}
+	return writeKey(keyPath, key)
 }
 
 func sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) ([]byte, error) {
@@ -154,23 +168,28 @@ func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 // embedded, so it stays usable from any working directory and is trivially parsed by
 // kube-rs (no relative file references to resolve).
 func writeKubeconfig(path, server string, p *pki) error {
-	ca, err := os.ReadFile(p.CACert)
+	return writeKubeconfigFor(path, server, p.CACert, adminUser, p.AdminCert, p.AdminKey)
+}
+
+// writeKubeconfigFor writes a self-contained kubeconfig for the user of a client certificate.
+func writeKubeconfigFor(path, server, caPath, user, certPath, keyPath string) error {
+	ca, err := os.ReadFile(caPath)
 	if err != nil {
 		return err
 	}
-	cert, err := os.ReadFile(p.AdminCert)
+	cert, err := os.ReadFile(certPath)
 	if err != nil {
 		return err
 	}
-	key, err := os.ReadFile(p.AdminKey)
+	key, err := os.ReadFile(keyPath)
 	if err != nil {
 		return err
 	}
 	const name = "wif-e2e"
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos[adminUser] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: adminUser, Namespace: "default"}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user, Namespace: "default"}
 	cfg.CurrentContext = name
 	data, err := clientcmd.Write(*cfg)
 	if err != nil {

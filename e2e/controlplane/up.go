@@ -35,6 +35,10 @@ const (
 	// namespace deletion that finishes instead of sticking in Terminating.
 	kcmControllers = "serviceaccount-controller,garbage-collector-controller," +
 		"namespace-controller,root-ca-certificate-publisher-controller"
+	// nodeControllers are added with --node: what Deployments, their Services and PDBs need.
+	// node-lifecycle-controller lifts the not-ready taint the kubelet registers with.
+	nodeControllers = ",deployment-controller,replicaset-controller,endpoints-controller," +
+		"endpointslice-controller,disruption-controller,node-lifecycle-controller"
 	childStopTimeout = 20 * time.Second
 	logTailLines     = 40
 )
@@ -46,6 +50,11 @@ type readyInfo struct {
 	Issuer     string `json:"issuer"`
 	CA         string `json:"ca"`
 	Dir        string `json:"dir"`
+	// With --node: the node's name, its pod network and the host's address on it (where pods
+	// reach processes of this machine).
+	Node    string `json:"node,omitempty"`
+	PodCIDR string `json:"podCIDR,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
 }
 
 func logf(format string, args ...any) {
@@ -58,6 +67,8 @@ var errStopRequested = errors.New("stop requested")
 type upOptions struct {
 	dir, kubeconfig string
 	kcm             bool
+	node            bool
+	images          string
 	apiPort         int
 	etcdPort        int
 	timeout         time.Duration
@@ -71,6 +82,8 @@ type plane struct {
 	etcd      *embed.Etcd
 	apiserver *child
 	kcm       *child
+	node      *node
+	clients   *kubernetes.Clientset
 	logs      []string // logs worth showing on failure, in start order
 }
 
@@ -80,6 +93,8 @@ func up(args []string) int {
 	fs.StringVar(&o.dir, "dir", "", "working directory for PKI, logs and etcd data (required)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "where to write the admin kubeconfig (default DIR/admin.kubeconfig)")
 	fs.BoolVar(&o.kcm, "kcm", false, "also run kube-controller-manager ("+kcmControllers+")")
+	fs.BoolVar(&o.node, "node", false, "also run a node: containerd, a kubelet, kube-scheduler and a pod network (implies --kcm)")
+	fs.StringVar(&o.images, "images", "", "with --node: import every OCI archive (*.tar) of this directory (`make images`)")
 	fs.IntVar(&o.apiPort, "port", 0, "kube-apiserver port on 127.0.0.1 (default: a free one)")
 	fs.IntVar(&o.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (default: a free one)")
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "give up if not ready within this time")
@@ -96,6 +111,19 @@ func up(args []string) int {
 	if o.dir, err = filepath.Abs(o.dir); err != nil {
 		logf("%v", err)
 		return 1
+	}
+	if o.images != "" && !o.node {
+		fmt.Fprintln(os.Stderr, "controlplane up: --images needs --node")
+		return 2
+	}
+	if o.node {
+		o.kcm = true
+	}
+	if o.images != "" {
+		if o.images, err = filepath.Abs(o.images); err != nil {
+			logf("%v", err)
+			return 1
+		}
 	}
 	if o.kubeconfig == "" {
 		o.kubeconfig = filepath.Join(o.dir, "admin.kubeconfig")
@@ -137,6 +165,8 @@ func up(args []string) int {
 		for _, l := range p.logs {
 			fmt.Fprintf(os.Stderr, "----- last %d lines of %s -----\n%s", logTailLines, l, tail(l, logTailLines))
 		}
+		// Again after the tails, so that the end of our own log says what failed.
+		logf("FAILED: %v", err)
 		return 1
 	}
 }
@@ -178,6 +208,15 @@ func (p *plane) run(stop context.Context) error {
 	server := "https://" + hostPort(apiPort)
 	issuer := server
 
+	authz := "RBAC"
+	var nodeFlags []string
+	if o.node {
+		if p.node, nodeFlags, err = prepareNode(o.dir, pk, o.images); err != nil {
+			return err
+		}
+		authz = "Node,RBAC" // as in a real cluster: a kubelet reads only what its pods need
+	}
+
 	etcdLog := filepath.Join(o.dir, "etcd.log")
 	p.logs = append(p.logs, etcdLog)
 	if p.etcd, err = startEtcd(ctx, etcdDir, etcdLog, etcdPort, etcdPeerPort); err != nil {
@@ -191,7 +230,7 @@ func (p *plane) run(stop context.Context) error {
 
 	apiLog := filepath.Join(o.dir, "apiserver.log")
 	p.logs = append(p.logs, apiLog)
-	p.apiserver, err = startChild("kube-apiserver", apiLog, []string{
+	p.apiserver, err = startChild("kube-apiserver", apiLog, append([]string{
 		"--etcd-servers=http://" + hostPort(etcdPort),
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
@@ -203,7 +242,7 @@ func (p *plane) run(stop context.Context) error {
 		"--tls-cert-file=" + pk.ServingCert,
 		"--tls-private-key-file=" + pk.ServingKey,
 		"--client-ca-file=" + pk.CACert,
-		"--authorization-mode=RBAC",
+		"--authorization-mode=" + authz,
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--service-account-issuer=" + issuer,
 		// The issuer (the API server's own audience) plus Entra's: tokens requested
@@ -216,7 +255,7 @@ func (p *plane) run(stop context.Context) error {
 		// Admission plugins: the defaults, which include ServiceAccount,
 		// MutatingAdmissionWebhook and ValidatingAdmissionWebhook. Unlike envtest we keep
 		// ServiceAccount: its defaulting is part of what the webhook sees.
-	})
+	}, nodeFlags...))
 	if err != nil {
 		return err
 	}
@@ -229,6 +268,7 @@ func (p *plane) run(stop context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.clients = clients
 	if err := p.retryWhileUp(ctx, func() error { return bindIssuerDiscovery(ctx, clients) }); err != nil {
 		return fmt.Errorf("binding issuer discovery for anonymous users: %w", err)
 	}
@@ -236,9 +276,13 @@ func (p *plane) run(stop context.Context) error {
 	if o.kcm {
 		kcmLog := filepath.Join(o.dir, "kcm.log")
 		p.logs = append(p.logs, kcmLog)
+		controllers := kcmControllers
+		if o.node {
+			controllers += nodeControllers
+		}
 		p.kcm, err = startChild("kube-controller-manager", kcmLog, []string{
 			"--kubeconfig=" + o.kubeconfig,
-			"--controllers=" + kcmControllers,
+			"--controllers=" + controllers,
 			"--leader-elect=false",
 			"--secure-port=0",
 			"--service-account-private-key-file=" + pk.SAKey,
@@ -261,10 +305,20 @@ func (p *plane) run(stop context.Context) error {
 		logf("kube-controller-manager ready after %s", since(t0))
 	}
 
+	info := readyInfo{Kubeconfig: o.kubeconfig, Server: server, Issuer: issuer, CA: pk.CACert, Dir: o.dir}
+	if o.node {
+		if err := p.node.start(ctx, p, pk, server, apiPort, clients); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		logf("node %s ready after %s (pod network %s on %s, gateway %s)",
+			nodeName, since(t0), p.node.subnet, p.node.bridge, p.node.gateway)
+		info.Node, info.PodCIDR, info.Gateway = nodeName, p.node.subnet.String(), p.node.gateway.String()
+	}
+
 	var line bytes.Buffer
 	enc := json.NewEncoder(&line)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(readyInfo{Kubeconfig: o.kubeconfig, Server: server, Issuer: issuer, CA: pk.CACert, Dir: o.dir}); err != nil {
+	if err := enc.Encode(info); err != nil {
 		return err
 	}
 	// The only stdout output: one line, written with a single call (os.Stdout is unbuffered).
@@ -339,7 +393,11 @@ func failedChecks(body string) string {
 
 // failure reports a component that died (or etcd reporting a fatal error).
 func (p *plane) failure() error {
-	for _, c := range []*child{p.apiserver, p.kcm} {
+	children := []*child{p.apiserver, p.kcm}
+	if p.node != nil {
+		children = append(children, p.node.components()...)
+	}
+	for _, c := range children {
 		if c != nil && c.exited() {
 			return fmt.Errorf("%s exited: %v", c.name, c.err)
 		}
@@ -358,15 +416,24 @@ func (p *plane) failure() error {
 
 // watch blocks after READY until a stop request or a component failure.
 func (p *plane) watch(stop context.Context) error {
-	var kcmDone <-chan struct{} // nil (blocks forever) without --kcm
-	if p.kcm != nil {
-		kcmDone = p.kcm.done
+	done := func(c *child) <-chan struct{} {
+		if c == nil {
+			return nil // blocks forever
+		}
+		return c.done
+	}
+	nd := p.node
+	if nd == nil {
+		nd = &node{}
 	}
 	select {
 	case <-stop.Done():
 		return context.Cause(stop)
 	case <-p.apiserver.done:
-	case <-kcmDone:
+	case <-done(p.kcm):
+	case <-done(nd.containerd):
+	case <-done(nd.kubelet):
+	case <-done(nd.scheduler):
 	case err := <-p.etcd.Err():
 		return fmt.Errorf("etcd failed: %w", err)
 	case <-p.etcd.Server.StopNotify():
@@ -379,6 +446,7 @@ func (p *plane) watch(stop context.Context) error {
 
 // shutdown stops components in reverse start order: clients of etcd before etcd.
 func (p *plane) shutdown() {
+	p.node.stop(p, p.clients)
 	p.kcm.stop(childStopTimeout)
 	p.apiserver.stop(childStopTimeout)
 	if p.etcd != nil {

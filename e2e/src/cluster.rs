@@ -31,6 +31,15 @@ pub struct ControlPlane {
     pub ca: PathBuf,
     /// Working directory (logs).
     pub dir: PathBuf,
+    /// With `up --node`: the node's name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// With `up --node`: the pod network (CIDR).
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    /// With `up --node`: the host's address on the pod network (where pods reach this machine).
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// Keeps the control plane's stdin open for the life of the test process: when the process
@@ -71,7 +80,8 @@ pub fn private_control_plane(extra: &[&str]) -> ControlPlane {
         .unwrap_or_else(|e| panic!("a private control plane did not start: {e:#}"))
 }
 
-fn binary() -> anyhow::Result<PathBuf> {
+/// The control plane binary: `$WIF_CONTROLPLANE_BIN`, else built (or found cached) by build.sh.
+pub fn binary() -> anyhow::Result<PathBuf> {
     if let Ok(bin) = std::env::var("WIF_CONTROLPLANE_BIN") {
         return Ok(bin.into());
     }
@@ -93,9 +103,19 @@ fn binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts `bin up` with `extra` arguments and waits for READY; on failure (exit, or not ready
-/// within 60 s) the error carries the tails of the control plane's, API server's and etcd's logs.
+/// within 60 s) the error carries the tails of the control plane's, API server's and etcd's logs
+/// (and containerd's and the kubelet's with `--node`).
 /// The control plane lives until this process exits.
 pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+    start_within(bin, extra, Duration::from_secs(60))
+}
+
+/// [`start`] with another bound on readiness.
+pub fn start_within(
+    bin: &std::path::Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<ControlPlane> {
     let dir = tempfile::Builder::new().prefix("wif-e2e-cp-").tempdir()?;
     let log = std::fs::File::create(dir.path().join("controlplane.log"))?;
     let mut child = Command::new(bin)
@@ -124,7 +144,7 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
         }
     });
     // The bound: a control plane that cannot start fails the run within 60 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + timeout;
     let ready = loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(json) => break json,
@@ -144,10 +164,15 @@ pub fn start(bin: &std::path::Path, extra: &[&str]) -> anyhow::Result<ControlPla
                 let why = if guard.exited() {
                     "exited"
                 } else {
-                    "did not become ready within 60 s"
+                    "did not become ready in time"
                 };
                 let logs = ["controlplane.log", "apiserver.log", "etcd.log"]
                     .iter()
+                    .chain(
+                        ["node/containerd.log", "node/kubelet.log"]
+                            .iter()
+                            .filter(|f| dir.path().join(f).exists()),
+                    )
                     .map(|f| format!("--- {f} (tail) ---\n{}", tail(&dir.path().join(f), 40)))
                     .collect::<Vec<_>>()
                     .join("\n");
@@ -202,11 +227,12 @@ pub struct TestNs {
 impl TestNs {
     /// Creates `e2e-<prefix>-<random>`.
     pub async fn new(prefix: &str) -> Self {
-        Self::new_on(control_plane(), prefix).await
+        Self::on(control_plane(), prefix).await
     }
 
-    /// Creates `e2e-<prefix>-<random>` on `cp` (e.g. a private control plane).
-    pub async fn new_on(cp: ControlPlane, prefix: &str) -> Self {
+    /// Creates `e2e-<prefix>-<random>` on the given control plane (a private one, or the one
+    /// with the node).
+    pub async fn on(cp: ControlPlane, prefix: &str) -> Self {
         let client = cp.client().await;
         let name = format!("e2e-{prefix}-{:04x}", rand::random::<u16>());
         let ns = Namespace {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod controller;
 pub mod entra;
 pub mod helm;
+pub mod node;
 pub mod process;
 pub mod webhook;
 

@@ -235,7 +235,12 @@ impl Emulator {
             .map(|u| u.as_str().trim_end_matches('/').to_string())
             .unwrap_or_else(|| local_url.clone());
 
-        let extra_hosts: Vec<String> = issuer_url.as_ref().and_then(tls::url_host).into_iter().collect();
+        let mut extra_hosts: Vec<String> = issuer_url.as_ref().and_then(tls::url_host).into_iter().collect();
+        // Listening on a specific address (e.g. a test node's pod-network gateway): clients
+        // there verify the certificate against that address.
+        if !local.ip().is_unspecified() && !local.ip().is_loopback() {
+            extra_hosts.push(local.ip().to_string());
+        }
         let tls = tls::load_or_create(&state_dir, &extra_hosts).await?;
         let signing = SigningKey::load_or_generate(&state_dir).await?;
         let store = Store::open(&state_dir).await?;

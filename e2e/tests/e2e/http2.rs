@@ -170,6 +170,7 @@ async fn create_mutated(ns: &TestNs, name: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn the_api_server_negotiates_h2_and_http1_only_clients_still_work() {
     let (ns, hook) = setup("h2", &[], "info,wif_webhook=debug").await;
     for i in 0..5 {
@@ -211,6 +212,7 @@ async fn the_api_server_negotiates_h2_and_http1_only_clients_still_work() {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn the_api_server_is_served_over_http1_when_http2_is_off() {
     let (ns, hook) = setup("h1", &["--http2=false"], "info,wif_webhook=debug").await;
     for i in 0..3 {
@@ -227,6 +229,7 @@ async fn the_api_server_is_served_over_http1_when_http2_is_off() {
 const MAX_RSS_MIB: u64 = 160;
 
 #[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn a_burst_of_10000_h2_streams_and_2000_idle_connections_are_survived_with_bounded_memory() {
     raise_open_files_limit(8192);
     let (ns, hook) = setup(

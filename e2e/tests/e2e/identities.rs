@@ -56,6 +56,7 @@ async fn scene(prefix: &str, apps: impl FnOnce(&TestNs) -> Vec<Value>) -> (TestN
         WebhookOptions {
             tenant_id: TENANT.into(),
             cloud: entra.handle.authority_host(),
+            ..WebhookOptions::default()
         },
     )
     .await;

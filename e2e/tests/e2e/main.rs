@@ -10,6 +10,7 @@ mod harness;
 mod helm;
 mod http2;
 mod identities;
+mod node;
 mod token;
 mod unmutated;
 mod webhook;
