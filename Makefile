@@ -73,7 +73,7 @@ controlplane: ## build (or reuse) the Go test control plane
 	@e2e/controlplane/build.sh >/dev/null
 
 .PHONY: e2e
-e2e: build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included) and a real node (root, `make node-deps`)
+e2e: node-deps build controlplane venv ## end-to-end tests through a real kube-apiserver (Python azure-identity included) and a real node (as root)
 	images=$$(scripts/images.sh | tail -1); \
 	WIF_BIN=$(WIF) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) WIF_E2E_IMAGES=$$images \
 	  cargo test -p wif-e2e -- --include-ignored --test-threads=2
