@@ -201,6 +201,17 @@ impl ControlPlane {
         Client::try_from(cfg).expect("client")
     }
 
+    /// An admin client that does not retry 429/503 (kube's default does, for up to minutes):
+    /// for asserting a refusal such as a PodDisruptionBudget's 429 on an eviction.
+    pub async fn client_without_retries(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("config");
+        cfg.default_retry = false;
+        Client::try_from(cfg).expect("client")
+    }
+
     /// PEM of the API server's CA.
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(&self.ca).expect("ca")

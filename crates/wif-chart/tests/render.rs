@@ -420,3 +420,96 @@ fn schema_rejects_bad_values_and_names_them() {
         );
     }
 }
+
+/// `controller.trustCA`: the PEM lands in a ConfigMap (or an existing one is named), mounted and
+/// passed as `--trust-ca`; an authority URL as `azure.cloud` is the controller's authority host,
+/// never a `--cloud` value (which takes only cloud names).
+#[test]
+#[ignore = "needs helm (make helm)"]
+fn controller_trusts_an_extra_ca_and_takes_an_authority_url_as_cloud() {
+    let helm = Helm::offline();
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let objs = helm.template(
+        "wif",
+        "wif-system",
+        &[
+            "--set",
+            &tenant(),
+            "--set",
+            CONTROLLER,
+            "--set",
+            &format!("controller.trustCA.pem={pem}"),
+            "--set",
+            "azure.cloud=https://login.example.test/",
+        ],
+    );
+    let cm = find(&objs, "ConfigMap", "wif-controller-trust-ca");
+    assert_eq!(cm["data"]["ca.crt"].as_str().unwrap().trim(), pem.trim());
+    let controller = find(&objs, "Deployment", "wif-controller");
+    let args = container_args(controller);
+    for want in [
+        "--trust-ca=/etc/wif/trust-ca/ca.crt",
+        "--authority-host=https://login.example.test/",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--cloud")), "{args:?}");
+    let spec = &controller["spec"]["template"]["spec"];
+    assert_eq!(spec["volumes"][1]["configMap"]["name"], "wif-controller-trust-ca");
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"][1]["mountPath"],
+        "/etc/wif/trust-ca"
+    );
+    assert!(
+        spec["containers"][0]["volumeMounts"][1]["readOnly"]
+            .as_bool()
+            .unwrap()
+    );
+
+    // An existing ConfigMap instead: no ConfigMap of the chart's.
+    let objs = helm.template(
+        "wif",
+        "wif-system",
+        &[
+            "--set",
+            &tenant(),
+            "--set",
+            CONTROLLER,
+            "--set",
+            "controller.trustCA.configMap=corp-ca",
+            "--set",
+            "controller.trustCA.key=bundle.pem",
+        ],
+    );
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "wif-controller-trust-ca")
+    );
+    let controller = find(&objs, "Deployment", "wif-controller");
+    let args = container_args(controller);
+    assert!(
+        args.iter()
+            .any(|a| a == "--trust-ca=/etc/wif/trust-ca/bundle.pem"),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a == "--cloud=AzurePublicCloud"), "{args:?}");
+    assert_eq!(
+        controller["spec"]["template"]["spec"]["volumes"][1]["configMap"]["name"],
+        "corp-ca"
+    );
+
+    // Not a PEM: refused, naming the value.
+    let out = helm.run([
+        "template",
+        "wif",
+        chart().to_str().unwrap(),
+        "--set",
+        &tenant(),
+        "--set",
+        CONTROLLER,
+        "--set",
+        "controller.trustCA.pem=not a certificate",
+    ]);
+    assert!(!out.ok && out.stderr.contains("trustCA"), "{}", out.stderr);
+}
