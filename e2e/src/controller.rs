@@ -31,8 +31,9 @@ pub const SUBSCRIPTION: &str = "0b1f6471-1bf0-4dda-aec3-cb9272f09590";
 
 /// Installs both CRDs once per test process and waits until they are served.
 pub async fn install_crds(ns: &TestNs) {
-    static DONE: Mutex<bool> = Mutex::new(false);
-    if *DONE.lock().unwrap() {
+    // Per control plane (the shared one, the node's, private ones).
+    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    if DONE.lock().unwrap().contains(&ns.cp.server) {
         return;
     }
     let api: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
@@ -55,7 +56,7 @@ pub async fn install_crds(ns: &TestNs) {
         assert!(Instant::now() < deadline, "CRDs not served after 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    *DONE.lock().unwrap() = true;
+    DONE.lock().unwrap().push(ns.cp.server.clone());
 }
 
 /// The emulator's RSA signing key, kept from the first emulator of this test process and copied

@@ -33,6 +33,8 @@ pub struct Node {
 
 /// Image references `make images` builds.
 pub const TEST_CLIENT_IMAGE: &str = "localhost/wif-e2e/test-client:1";
+/// The pause image (`make images`): a container that runs until it is deleted.
+pub const PAUSE_IMAGE: &str = "localhost/wif-e2e/pause:1";
 
 static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
 

@@ -214,8 +214,14 @@ pub async fn run(
         () = stop.cancelled() => return,
         r = sa_store.wait_until_ready() => if r.is_err() { return },
     }
+    let evict_client = if cfg.recycle {
+        without_retries(client.clone()).await
+    } else {
+        client.clone()
+    };
     let mut r = Reconciler {
         client: client.clone(),
+        evict_client,
         pods,
         sa_store,
         check_cfg: check_config(&tenant_id),
@@ -234,8 +240,29 @@ pub async fn run(
     sa_task.abort();
 }
 
+/// A client for the dry-run create and the eviction that does not retry 429/503 on its own.
+/// kube's default client retries a 429 up to 15 times with a doubling delay — minutes — so a
+/// PodDisruptionBudget's refusal would block the reconciler (no other pod handled, no Event)
+/// instead of being reported and backed off here. Falls back to `shared` (with the 15 s bound
+/// around each call) when the configuration cannot be read again.
+async fn without_retries(shared: Client) -> Client {
+    let built = match kube::Config::infer().await {
+        Ok(mut config) => {
+            config.default_retry = false;
+            Client::try_from(config).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    built.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot build a client without retries for evictions; a refused eviction may be retried by the client");
+        shared
+    })
+}
+
 struct Reconciler {
     client: Client,
+    /// Dry-run creates and evictions: no client-side retries (see [`without_retries`]).
+    evict_client: Client,
     pods: Api<Pod>,
     sa_store: Store<PartialObjectMeta<ServiceAccount>>,
     check_cfg: MutationConfig,
@@ -483,7 +510,9 @@ impl Reconciler {
     }
 
     async fn recycle(&mut self, uid: &str, ns: &str, name: &str, owner: &Owner) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        tracing::debug!(namespace = %ns, pod = %name, owner_kind = %owner.kind, owner = %owner.name,
+            "recycling: does the webhook inject again (dry-run create)?");
+        let api: Api<Pod> = Api::namespaced(self.evict_client.clone(), ns);
         let proof = tokio::time::timeout(Duration::from_secs(15), self.webhook_injects(&api, name)).await;
         let proof = proof.unwrap_or_else(|_| Ok(false));
         match proof {
