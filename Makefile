@@ -19,7 +19,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: venv-az ## build and run the whole chain locally, printing each step
+demo: venv venv-az ## build and run the whole chain locally, printing each step
 	@scripts/demo.sh
 
 .PHONY: test

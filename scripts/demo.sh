@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # make demo: the whole chain on this machine, each step printed.
-#   a real kube-apiserver (+ etcd) → wif webhook (self-managed certificates) → a labelled pod
-#   → its ServiceAccount token → wif emulator (a local Entra) → an Entra access token.
+#   a real kube-apiserver (+ etcd) and node (kubelet, containerd) → wif webhook (self-managed
+#   certificates) → a labelled pod, running as uid 1000 → the token the kubelet wrote into it
+#   → wif emulator (a local Entra) → an Entra access token, obtained inside the pod.
+# The node needs root and Debian's containerd, runc, CNI plugins and nftables (installed here
+# when missing, as `make node-deps` does).
 # Ctrl-C (or the end) stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,26 +45,42 @@ listen_field() { # file message field -> host:port
   sed -n "/$2/s/.* $3=\([^ ]*\).*/\1/p" "$1" | head -1
 }
 
-bold "1/8 building wif and the test control plane (the first run compiles everything: several minutes)"
+bold "1/8 building wif, the test control plane and the node's images (the first run compiles everything: several minutes)"
 cargo build -p wif 2>&1 | grep -E '^\s*(Compiling wif|Finished|error)' || true
 WIF=${CARGO_TARGET_DIR:-$root/target}/debug/wif
 [[ -x $WIF ]] || die "cargo build failed"
 CP=$(e2e/controlplane/build.sh | tail -1)
 AZ=${WIF_AZ:-$root/.cache/venv-az/bin/az}
 [[ -x $AZ ]] || die "az (azure-cli) not found at $AZ: run make venv-az (or make demo, which does)"
+scripts/node-deps.sh
+images=$(scripts/images.sh 2>"$work/images.err" | tail -1) || { cat "$work/images.err" >&2; die "make images failed"; }
+PY=${WIF_PYTHON:-$root/.cache/venv/bin/python}
+[[ -x $PY ]] || die "Python venv not found at $PY: run make venv (or make demo, which does)"
+venv=$(cd "$(dirname "$PY")/.." && pwd -P)
+# The pod runs this machine's venv Python, bind-mounted read-only with what it links against:
+# /usr, /lib, /lib64, and the base installation when it lives elsewhere (pyenv's, say).
+py_prefix=$(cd "$(sed -n 's/^home = //p' "$venv/pyvenv.cfg")/.." && pwd -P)
+py_mount='' py_volume=''
+if [[ $py_prefix != /usr && $py_prefix != /usr/* ]]; then
+  py_mount="- {name: python, mountPath: \"$py_prefix\", readOnly: true}"
+  py_volume="- {name: python, hostPath: {path: \"$py_prefix\", type: Directory}}"
+fi
 note "wif: $WIF"
 note "control plane: $CP"
+note "images: $(cd "$images" && echo *.tar)"
 
-bold "2/8 starting kube-apiserver + etcd (built from the Kubernetes Go modules)"
-"$CP" up --dir "$work/cp" --exit-on-stdin-eof=false >"$work/cp.out" 2>"$work/cp.err" &
+bold "2/8 starting kube-apiserver + etcd and a node: kubelet, containerd, runc, a CNI bridge (built or packaged locally)"
+"$CP" up --dir "$work/cp" --node --images "$images" --exit-on-stdin-eof=false >"$work/cp.out" 2>"$work/cp.err" &
 pids+=($!)
-wait_for "$work/cp.out" '^READY ' 90 "the control plane"
+wait_for "$work/cp.out" '^READY ' 120 "the control plane"
 ready=$(sed -n 's/^READY //p' "$work/cp.out")
 export KUBECONFIG=$(jq -r .kubeconfig <<<"$ready")
 server=$(jq -r .server <<<"$ready")
 issuer=$(jq -r .issuer <<<"$ready")
 cp_ca=$(jq -r .ca <<<"$ready")
+gateway=$(jq -r .gateway <<<"$ready")
 note "API server $server, ServiceAccount issuer $issuer"
+note "node $(jq -r .node <<<"$ready") Ready, pod network $(jq -r .podCIDR <<<"$ready"); pods reach this machine at $gateway"
 note "its OIDC discovery, read anonymously as Entra reads it:"
 curl -s --cacert "$cp_ca" "$server/.well-known/openid-configuration" | jq -c '{issuer, jwks_uri}' | sed 's/^/    /'
 
@@ -83,14 +102,14 @@ tenants:
             subject: system:serviceaccount:wif-system:wif-controller
             audiences: [api://AzureADTokenExchange]
 EOF
-"$WIF" emulator --listen 127.0.0.1:0 --state-dir "$work/entra" --config "$work/entra.yaml" \
+"$WIF" emulator --listen "$gateway:0" --state-dir "$work/entra" --config "$work/entra.yaml" \
   --trust-ca "$cp_ca" >"$work/entra.out" 2>"$work/entra.err" &
 pids+=($!)
 wait_for "$work/entra.out" '^EMULATOR READY ' 60 "the emulator"
 entra=$(sed -n 's/^EMULATOR READY //p' "$work/entra.out")
 entra_url=$(jq -r .url <<<"$entra")
 entra_ca=$(jq -r .ca <<<"$entra")
-note "Entra at $entra_url; app $client has no federated credential yet: the controller will create it"
+note "Entra at $entra_url (on the pod network: pods reach it); app $client has no federated credential yet: the controller will create it"
 
 bold "4/8 starting wif webhook (self-managed CA in a Secret, caBundle patched by the webhook itself)"
 kubectl create namespace wif-system >/dev/null
@@ -188,27 +207,73 @@ note "logged in as the controller's app with its ServiceAccount token (az ad app
     --query '[].{Name:name, Issuer:issuer, Subject:subject, Audience:audiences[0]}'
 ) | sed 's/^/    /'
 
-bold "6/8 a labelled pod using that ServiceAccount"
-kubectl apply -f examples/pod.yaml
-note "what the webhook injected into the stored pod (kubectl get pod -n demo api -o json):"
-kubectl get pod -n demo api -o json | jq '{
+bold "6/8 a labelled pod using that ServiceAccount, running as uid 1000 with a read-only root filesystem"
+note "what the webhook makes of examples/pod.yaml (kubectl apply --dry-run=server: mutated, not stored):"
+kubectl apply -f examples/pod.yaml --dry-run=server -o json | jq '{
   volume: (.spec.volumes[] | select(.name == "azure-identity-token")),
   containers: [(.spec.initContainers + .spec.containers)[] | {name,
     env: [.env[]? | select(.name | startswith("AZURE_")) | "\(.name)=\(.value)"],
     mount: [.volumeMounts[] | select(.name == "azure-identity-token") | .mountPath]}]}' | sed 's/^/    /'
+kubectl create configmap entra-ca -n demo --from-file=ca.crt="$entra_ca" >/dev/null
+show='
+import base64, json, os, stat
+path = os.environ["AZURE_FEDERATED_TOKEN_FILE"]
+st = os.stat(path)
+p = open(path).read().split(".")[1]
+c = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+print(json.dumps({"file": path, "mode": oct(stat.S_IMODE(st.st_mode)), "owner": st.st_uid, "read by uid": os.getuid(),
+  "claims": {"iss": c["iss"], "sub": c["sub"], "aud": c["aud"], "exp": c["exp"], "pod": c["kubernetes.io"]["pod"]["name"]}}))'
+hardened='{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}'
+kubectl apply -f - <<EOF | sed 's/^/    /'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api
+  namespace: demo
+  labels: {azure.workload.identity/use: "true"}
+spec:
+  serviceAccountName: api
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true}
+  containers:
+    - name: show-token
+      image: localhost/wif-e2e/test-client:1
+      imagePullPolicy: Never
+      command: ["$venv/bin/python", "-c", $(jq -Rs . <<<"$show")]
+      securityContext: $hardened
+      volumeMounts:
+        - {name: usr, mountPath: /usr, readOnly: true}
+        - {name: lib, mountPath: /lib, readOnly: true}
+        - {name: lib64, mountPath: /lib64, readOnly: true}
+        - {name: venv, mountPath: "$venv", readOnly: true}
+        $py_mount
+    - name: app
+      image: localhost/wif-e2e/test-client:1
+      imagePullPolicy: Never
+      command: ["/wif", "token", "--scope", "https://management.azure.com/.default", "--output", "json"]
+      env: [{name: SSL_CERT_FILE, value: /etc/entra-ca/ca.crt}]
+      securityContext: $hardened
+      volumeMounts: [{name: entra-ca, mountPath: /etc/entra-ca, readOnly: true}]
+  volumes:
+    - {name: usr, hostPath: {path: /usr, type: Directory}}
+    - {name: lib, hostPath: {path: /lib, type: Directory}}
+    - {name: lib64, hostPath: {path: /lib64, type: Directory}}
+    - {name: venv, hostPath: {path: "$venv", type: Directory}}
+    $py_volume
+    - {name: entra-ca, configMap: {name: entra-ca}}
+EOF
+kubectl wait -n demo pod/api --for=jsonpath='{.status.phase}'=Succeeded --timeout=90s >/dev/null ||
+  { kubectl describe pod -n demo api; tail -20 "$work/cp/node/kubelet.log"; die "the pod did not succeed"; }
+kubectl get pod -n demo api -o wide | sed 's/^/    /'
 
-bold "7/8 the token the kubelet would write into the volume (TokenRequest bound to the pod)"
-token=$(kubectl create token api -n demo --audience api://AzureADTokenExchange --duration 3600s \
-  --bound-object-kind Pod --bound-object-name api)
-printf '%s' "$token" >"$work/token"
-note "its claims (signed by the API server, verifiable with its JWKS):"
-claims "$token" | jq '{iss, sub, aud, exp, pod: .["kubernetes.io"].pod.name}' | sed 's/^/    /'
+bold "7/8 the token the kubelet wrote into the pod, as the container (uid 1000) sees it"
+kubectl logs -n demo api -c show-token | jq . | sed 's/^/    /'
 
-bold "8/8 exchanging it for an Entra access token: wif token, with the pod's environment"
-out=$(AZURE_CLIENT_ID=$client AZURE_TENANT_ID=$tenant AZURE_FEDERATED_TOKEN_FILE=$work/token \
-  AZURE_AUTHORITY_HOST=$entra_url/ SSL_CERT_FILE=$entra_ca \
-  "$WIF" token --scope https://management.azure.com/.default --output json)
+bold "8/8 exchanging it for an Entra access token inside the pod: wif token, with only what the webhook injected"
+out=$(kubectl logs -n demo api -c app)
 jq -c '{token_type, expires_on}' <<<"$out" | sed 's/^/    /'
 note "access token claims:"
 claims "$(jq -r .access_token <<<"$out")" | jq '{iss, aud, tid, appid, oid, exp}' | sed 's/^/    /'
+kubectl delete pod -n demo api --wait=true >/dev/null
 note "the whole chain ran with no stored secret."
