@@ -30,7 +30,8 @@ metadata:
   labels:
     app.kubernetes.io/part-of: wif
 YAML
-  "$helm" template wif charts/wif --namespace "$namespace" --include-crds \
+  # Rendered for Kubernetes 1.30 and later (the webhook's preStop sleep needs it).
+  "$helm" template wif charts/wif --namespace "$namespace" --include-crds --kube-version 1.30.0 \
     --set "azure.tenantId=$placeholder" --set "controller.clientId=$controller_placeholder"
 }
 

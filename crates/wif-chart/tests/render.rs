@@ -513,3 +513,28 @@ fn controller_trusts_an_extra_ca_and_takes_an_authority_url_as_cloud() {
     ]);
     assert!(!out.ok && out.stderr.contains("trustCA"), "{}", out.stderr);
 }
+
+/// `webhook.shutdownDelaySeconds`: a preStop sleep on Kubernetes 1.30 and later (the grace period
+/// grows by as much); nothing on older clusters, which do not know the sleep action.
+#[test]
+#[ignore = "needs helm (make helm)"]
+fn webhook_keeps_serving_while_it_leaves_the_endpoints() {
+    let helm = Helm::offline();
+    let render = |kube: &str| {
+        let objs = helm.template(
+            "wif",
+            "wif-system",
+            &["--set", &tenant(), "--set", CONTROLLER, "--kube-version", kube],
+        );
+        find(&objs, "Deployment", "wif-webhook")["spec"]["template"]["spec"].clone()
+    };
+    let spec = render("1.30.0");
+    assert_eq!(
+        spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
+        5
+    );
+    assert_eq!(spec["terminationGracePeriodSeconds"], 35);
+    let old = render("1.29.0");
+    assert!(old["containers"][0].get("lifecycle").is_none(), "{old}");
+    assert_eq!(old["terminationGracePeriodSeconds"], 30);
+}

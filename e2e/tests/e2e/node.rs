@@ -812,8 +812,8 @@ async fn the_chart_serves_on_the_node_and_survives_losing_a_pod_of_each_deployme
         let (pods, stop) = (pods.clone(), stop.clone());
         load.push(tokio::spawn(async move {
             let (mut ok, mut failures) = (0u32, Vec::new());
-            // Bounded: at most 500 creations per worker.
-            for i in 0..500 {
+            // Bounded: at most 1500 creations per worker.
+            for i in 0..1500 {
                 if stop.load(std::sync::atomic::Ordering::Acquire) {
                     break;
                 }
@@ -849,8 +849,17 @@ async fn the_chart_serves_on_the_node_and_survives_losing_a_pod_of_each_deployme
         "e2e: replacement webhook pod Ready {:?} after the eviction under load",
         evicted_at.elapsed()
     );
-    // The evicted pod's grace period, and a little beyond.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the evicted pod is gone (its preStop pause, then its drain), and a little beyond.
+    wif_e2e::controller::eventually("the evicted webhook pod gone", Duration::from_secs(60), || {
+        let (pods, gone) = (&webhook_pods, &webhooks[0]);
+        async move { matches!(pods.get_opt(gone).await, Ok(None)).then_some(()) }
+    })
+    .await;
+    eprintln!(
+        "e2e: evicted webhook pod gone {:?} after its eviction",
+        evicted_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Release);
     let (mut ok, mut failures) = (0, Vec::new());
     for l in load {
