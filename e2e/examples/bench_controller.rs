@@ -191,7 +191,8 @@ async fn main() {
             ("--azure-retry-max", "10s".into()),
             ("--backoff-base", "1s".into()),
             ("--backoff-max", "30s".into()),
-            ("--log-level", "warn".into()),
+            // The address line is logged at info by startup; everything else only when it goes wrong.
+            ("--log-level", "warn,wif_controller::startup=info".into()),
         ],
     };
     let load_at_start = loadavg();
