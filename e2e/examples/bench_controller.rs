@@ -191,6 +191,10 @@ async fn main() {
             ("--azure-retry-max", "10s".into()),
             ("--backoff-base", "1s".into()),
             ("--backoff-max", "30s".into()),
+            // The chart's Lease timing, not the harness's fast hand-over (4 s / 3 s / 500 ms).
+            ("--lease-duration", "15s".into()),
+            ("--renew-deadline", "10s".into()),
+            ("--retry-period", "2s".into()),
             // The address line is logged at info by startup; everything else only when it goes wrong.
             ("--log-level", "warn,wif_controller::startup=info".into()),
         ],
