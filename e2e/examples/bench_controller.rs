@@ -134,7 +134,9 @@ async fn main() {
         "applications": (0..apps).map(|i| json!({"displayName": format!("bench-app-{i}"), "appId": app_id(i)})).collect::<Vec<_>>(),
         "userAssignedIdentities": (0..uamis).map(|i| json!({"subscriptionId": SUBSCRIPTION, "resourceGroup": "e2e", "name": format!("bench-mi-{i}")})).collect::<Vec<_>>(),
     });
-    let env = ControllerEnv::start(&ns, tenant, json!({})).await;
+    // The emulator keeps its state in memory: rewriting state.json per change would make the
+    // emulator, not the controller, what the benchmark measures at 10,000 credentials.
+    let env = ControllerEnv::start_with(&ns, tenant, json!({}), false).await;
     let fault = json!({"latencyMs": args.latency_ms, "throttle": {"probability": args.throttle, "retryAfterSeconds": args.retry_after}});
     env.entra
         .admin()
