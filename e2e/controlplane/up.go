@@ -69,6 +69,7 @@ type upOptions struct {
 	kcm             bool
 	node            bool
 	images          string
+	featureGates    string
 	apiPort         int
 	etcdPort        int
 	timeout         time.Duration
@@ -95,6 +96,7 @@ func up(args []string) int {
 	fs.BoolVar(&o.kcm, "kcm", false, "also run kube-controller-manager ("+kcmControllers+")")
 	fs.BoolVar(&o.node, "node", false, "also run a node: containerd, a kubelet, kube-scheduler and a pod network (implies --kcm)")
 	fs.StringVar(&o.images, "images", "", "with --node: import every OCI archive (*.tar) of this directory (`make images`)")
+	fs.StringVar(&o.featureGates, "apiserver-feature-gates", "", "kube-apiserver --feature-gates (e.g. WatchList=false, to test what older clusters do)")
 	fs.IntVar(&o.apiPort, "port", 0, "kube-apiserver port on 127.0.0.1 (default: a free one)")
 	fs.IntVar(&o.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (default: a free one)")
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "give up if not ready within this time")
@@ -255,7 +257,7 @@ func (p *plane) run(stop context.Context) error {
 		// Admission plugins: the defaults, which include ServiceAccount,
 		// MutatingAdmissionWebhook and ValidatingAdmissionWebhook. Unlike envtest we keep
 		// ServiceAccount: its defaulting is part of what the webhook sees.
-	}, nodeFlags...))
+	}, append(nodeFlags, featureGateFlags(o.featureGates)...)...))
 	if err != nil {
 		return err
 	}
@@ -514,3 +516,11 @@ func (p *plane) retryWhileUp(ctx context.Context, f func() error) error {
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(10 * time.Millisecond) }
+
+// featureGateFlags passes --apiserver-feature-gates through, when given.
+func featureGateFlags(gates string) []string {
+	if gates == "" {
+		return nil
+	}
+	return []string{"--feature-gates=" + gates}
+}

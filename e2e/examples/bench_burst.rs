@@ -194,7 +194,7 @@ async fn run(config: Config, args: &Args) -> Value {
         Config::NoWebhook => None,
         Config::Http1 | Config::Http2 => {
             let mut opts = WebhookOptions {
-                log_level: "warn".into(),
+                log_level: "warn,wif_webhook::run=info".into(),
                 ..WebhookOptions::default()
             };
             if config == Config::Http1 {

@@ -92,6 +92,12 @@ impl ControllerEnv {
     /// Starts the emulator seeded with `tenant` (the tenant object of the emulator's config
     /// file, without the controller's application, which is added) and `settings`.
     pub async fn start(ns: &TestNs, tenant: Value, settings: Value) -> Self {
+        Self::start_with(ns, tenant, settings, true).await
+    }
+
+    /// [`ControllerEnv::start`], with the emulator's state kept in memory when `persist_state`
+    /// is off (benchmarks: rewriting the state file per change is O(credentials) each).
+    pub async fn start_with(ns: &TestNs, tenant: Value, settings: Value, persist_state: bool) -> Self {
         install_crds(ns).await;
         let dir = tempfile::Builder::new().prefix("wif-e2e-ctl-").tempdir().unwrap();
         let state = dir.path().join("emulator");
@@ -111,13 +117,11 @@ impl ControllerEnv {
         tenant["applications"] = json!(all_apps);
         let config: Config = serde_json::from_value(json!({"tenants": [tenant], "settings": settings}))
             .expect("emulator config");
-        let entra = Emulator::start(
-            EmulatorConfig::new(&state)
-                .with_config(config)
-                .trust_ca_pem(ns.cp.ca_pem()),
-        )
-        .await
-        .expect("start emulator");
+        let mut emulator = EmulatorConfig::new(&state)
+            .with_config(config)
+            .trust_ca_pem(ns.cp.ca_pem());
+        emulator.persist_state = persist_state;
+        let entra = Emulator::start(emulator).await.expect("start emulator");
         remember_signing_key(&state);
         ns.service_account(CONTROLLER_SA, &[]).await;
         let token = service_account_token(ns, CONTROLLER_SA, Duration::from_secs(3600)).await;

@@ -129,6 +129,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<()> {
         trust_ca_pems,
         issuer_url,
         system_roots: true,
+        persist_state: true,
     })
     .await?;
     // Written by hand to keep the documented key order: {"url":…,"ca":…}.
@@ -162,6 +163,8 @@ pub struct EmulatorConfig {
     pub issuer_url: Option<url::Url>,
     /// Also trust the system's roots for assertion issuers (default true).
     pub system_roots: bool,
+    /// Rewrite `state.json` after each change (default true); off keeps changes in memory only.
+    pub persist_state: bool,
 }
 
 impl EmulatorConfig {
@@ -174,6 +177,7 @@ impl EmulatorConfig {
             trust_ca_pems: Vec::new(),
             issuer_url: None,
             system_roots: true,
+            persist_state: true,
         }
     }
 
@@ -213,6 +217,7 @@ impl Emulator {
             trust_ca_pems,
             issuer_url,
             system_roots,
+            persist_state,
         } = config;
         tokio::fs::create_dir_all(&state_dir)
             .await
@@ -243,7 +248,7 @@ impl Emulator {
         }
         let tls = tls::load_or_create(&state_dir, &extra_hosts).await?;
         let signing = SigningKey::load_or_generate(&state_dir).await?;
-        let store = Store::open(&state_dir).await?;
+        let store = Store::open(&state_dir, persist_state).await?;
         let seed = Seed {
             tenants: config.tenants.clone(),
         };

@@ -501,16 +501,19 @@ fn seed_credentials(
 #[derive(Debug)]
 pub(crate) struct PersistFailed;
 
-/// The state behind a lock, persisted after each successful change.
+/// The state behind a lock, persisted after each successful change (unless `persist` is off).
 #[derive(Debug)]
 pub(crate) struct Store {
     path: PathBuf,
     state: tokio::sync::Mutex<State>,
+    persist: bool,
 }
 
 impl Store {
-    /// Loads `state.json` from `dir`, or starts empty.
-    pub(crate) async fn open(dir: &Path) -> Result<Self> {
+    /// Loads `state.json` from `dir`, or starts empty. With `persist` off, changes stay in memory:
+    /// rewriting the whole file per change costs O(state) each, which benchmarks with ten
+    /// thousand credentials cannot afford.
+    pub(crate) async fn open(dir: &Path, persist: bool) -> Result<Self> {
         let path = dir.join(STATE_FILE);
         let state = match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::ParseState {
@@ -528,6 +531,7 @@ impl Store {
         Ok(Self {
             path,
             state: tokio::sync::Mutex::new(state),
+            persist,
         })
     }
 
@@ -543,6 +547,9 @@ impl Store {
         f: impl FnOnce(&mut State) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut guard = self.state.lock().await;
+        if !self.persist {
+            return f(&mut guard);
+        }
         let before = guard.clone();
         let result = f(&mut guard)?;
         if *guard != before
@@ -704,7 +711,7 @@ mod tests {
     #[tokio::test]
     async fn store_persists_and_reloads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).await.expect("opens");
+        let store = Store::open(dir.path(), true).await.expect("opens");
         store
             .update(|s| {
                 s.apply_seed(&seed(), &Settings::default())
@@ -712,8 +719,25 @@ mod tests {
             })
             .await
             .expect("updates");
-        let reopened = Store::open(dir.path()).await.expect("reopens");
+        let reopened = Store::open(dir.path(), true).await.expect("reopens");
         let count = reopened.read(|s| s.tenants.len()).await;
         assert_eq!(count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_without_persistence_changes_in_memory_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), false).await.expect("opens");
+        store
+            .update(|s| {
+                s.apply_seed(&seed(), &Settings::default())
+                    .map_err(|_| PersistFailed)
+            })
+            .await
+            .expect("updates");
+        assert_eq!(store.read(|s| s.tenants.len()).await, 1, "the change is served");
+        assert!(!dir.path().join(STATE_FILE).exists(), "nothing written");
+        let reopened = Store::open(dir.path(), true).await.expect("reopens");
+        assert_eq!(reopened.read(|s| s.tenants.len()).await, 0);
     }
 }

@@ -9,9 +9,14 @@
 //! Only ServiceAccounts that carry an `azure.workload.identity/` key are kept: on a big cluster
 //! most ServiceAccounts have nothing to do with wif, and the cache should not grow with them. A
 //! labelled pod whose ServiceAccount has no wif key (a misconfiguration the answer warns about)
-//! is looked up on the API server like a miss. The initial list arrives in pages
-//! ([`LIST_PAGE_SIZE`] objects each), and each object is reduced as it arrives, so the full list
-//! is never held in memory.
+//! is looked up on the API server like a miss.
+//!
+//! The initial list is a streaming list (`sendInitialEvents`, the `WatchList` feature, on by
+//! default since Kubernetes 1.34): objects arrive one watch event at a time and are reduced as
+//! they arrive, so neither the full list nor a page of it is ever held in memory (a page of 500
+//! decoded ServiceAccounts, managed fields included, costs several MiB of peak RSS). An API server
+//! that refuses streaming lists (the feature gate off, as on 1.27–1.33 by default except 1.32) is
+//! listed in pages of [`LIST_PAGE_SIZE`] instead.
 
 use std::{
     collections::HashMap,
@@ -107,8 +112,46 @@ impl Index {
     }
 }
 
-/// Objects per page of the initial (and any re-) list of ServiceAccounts.
+/// Objects per page of the initial (and any re-) list of ServiceAccounts, when the API server
+/// does not serve streaming lists.
 pub const LIST_PAGE_SIZE: u32 = 500;
+
+/// How the initial list of ServiceAccounts is received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialList {
+    /// One watch with `sendInitialEvents=true`: objects arrive one event at a time.
+    Streaming,
+    /// A paged list ([`LIST_PAGE_SIZE`] objects a page), then a watch.
+    Paged,
+}
+
+impl InitialList {
+    /// The name logged and reported for this strategy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Streaming => "streaming",
+            Self::Paged => "paged",
+        }
+    }
+
+    fn watcher_config(self) -> watcher::Config {
+        match self {
+            Self::Streaming => watcher::Config::default().streaming_lists(),
+            Self::Paged => watcher::Config::default().page_size(LIST_PAGE_SIZE),
+        }
+    }
+}
+
+/// Whether a watcher error says the API server does not serve streaming lists: it answers the
+/// initial watch with `422 Invalid` ("sendInitialEvents is forbidden for watch unless the
+/// WatchList feature gate is enabled").
+pub fn refuses_streaming_lists(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.is_invalid(),
+        watcher::Error::WatchError(status) => status.is_invalid(),
+        _ => false,
+    }
+}
 
 /// Applies watcher events to a shared [`Index`]. A relist is collected aside and swapped in
 /// whole when it is complete, so readers never see a half-listed cache.
@@ -206,22 +249,38 @@ impl ServiceAccountCache {
         };
         // `Api<PartialObjectMeta<_>>` lists and watches with metadata-only requests.
         let api: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client);
-        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-        let stream = watcher(api, config).default_backoff();
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
+            let mut strategy = InitialList::Streaming;
             loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    item = stream.next() => match item {
-                        Some(Ok(event)) => {
-                            if reflector.apply(event) && !synced.swap(true, Ordering::AcqRel) {
-                                let count = read(&reflector.live).len();
-                                tracing::info!(service_accounts = count, "ServiceAccount cache synced");
+                let stream = watcher(api.clone(), strategy.watcher_config()).default_backoff();
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        item = stream.next() => match item {
+                            Some(Ok(event)) => {
+                                if reflector.apply(event) && !synced.swap(true, Ordering::AcqRel) {
+                                    let count = read(&reflector.live).len();
+                                    tracing::info!(
+                                        service_accounts = count,
+                                        initial_list = strategy.as_str(),
+                                        "ServiceAccount cache synced"
+                                    );
+                                }
                             }
+                            Some(Err(error))
+                                if strategy == InitialList::Streaming && refuses_streaming_lists(&error) =>
+                            {
+                                tracing::info!(
+                                    %error,
+                                    "the API server does not serve streaming lists; listing ServiceAccounts in pages"
+                                );
+                                strategy = InitialList::Paged;
+                                break;
+                            }
+                            Some(Err(error)) => tracing::warn!(%error, "ServiceAccount watch error; retrying"),
+                            None => return,
                         }
-                        Some(Err(error)) => tracing::warn!(%error, "ServiceAccount watch error; retrying"),
-                        None => return,
                     }
                 }
             }
@@ -320,6 +379,33 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
         );
         sa
+    }
+
+    fn status(code: u16, reason: &str) -> Box<kube::core::Status> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": code, "reason": reason,
+                "message": "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn only_an_invalid_answer_to_the_initial_watch_means_no_streaming_lists() {
+        let refused = watcher::Error::WatchStartFailed(kube::Error::Api(status(422, "Invalid")));
+        assert!(refuses_streaming_lists(&refused));
+        assert!(refuses_streaming_lists(&watcher::Error::WatchError(status(
+            422, "Invalid"
+        ))));
+        // RBAC and outages are retried as they are, not answered by changing strategy.
+        let forbidden = watcher::Error::WatchStartFailed(kube::Error::Api(status(403, "Forbidden")));
+        assert!(!refuses_streaming_lists(&forbidden));
+        assert!(!refuses_streaming_lists(&watcher::Error::WatchError(status(
+            500,
+            "InternalError"
+        ))));
+        assert!(!refuses_streaming_lists(&watcher::Error::NoResourceVersion));
     }
 
     #[test]

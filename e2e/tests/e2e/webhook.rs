@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::PostParams;
 use serde_json::json;
-use wif_e2e::{TestNs, WebhookOptions, WebhookProcess};
+use wif_e2e::{TestNs, WebhookOptions, WebhookProcess, controller::metric_sum};
 
 pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 
@@ -405,4 +405,68 @@ fn find(p: &Pod, name: &str) -> Container {
         .find(|c| c.name == name)
         .unwrap()
         .clone()
+}
+
+/// The ServiceAccount cache receives its initial list as a streaming list where the API server
+/// serves one (`WatchList`, on by default since 1.34) and in pages where it refuses (the gate off,
+/// as on 1.27–1.33): either way a ServiceAccount that existed before the webhook started is served
+/// from the cache, without a lookup on the API server.
+#[tokio::test]
+#[ignore = "needs the test control plane and the wif binary (make e2e)"]
+async fn the_service_account_cache_streams_its_initial_list_and_falls_back_to_pages() {
+    for (gates, strategy) in [(None, "streaming"), (Some("WatchList=false"), "paged")] {
+        let cp = match gates {
+            None => wif_e2e::cluster::control_plane(),
+            Some(gates) => wif_e2e::cluster::private_control_plane(&["--apiserver-feature-gates", gates]),
+        };
+        let ns = TestNs::on(cp, "sa-list").await;
+        ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT)])
+            .await;
+        let hook = WebhookProcess::start(&ns, WebhookOptions::default()).await;
+        let logs = hook.logs();
+        let synced = logs
+            .lines()
+            .find(|l| l.contains("ServiceAccount cache synced"))
+            .unwrap_or_else(|| panic!("no sync line:\n{logs}"));
+        assert!(synced.contains(strategy), "{gates:?}: {synced}");
+        assert_eq!(
+            logs.contains("does not serve streaming lists"),
+            gates.is_some(),
+            "{gates:?}:\n{logs}"
+        );
+
+        let metrics = || async {
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", hook.admin_port))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        let misses = |text: &str| metric_sum(text, "wif_webhook_service_account_cache_misses_total", &[]);
+        // The start-up probe pods use a ServiceAccount without wif keys: those are misses.
+        let before = metrics().await;
+        assert!(
+            metric_sum(&before, "wif_webhook_cached_service_accounts", &[]) >= 1.0,
+            "{gates:?}:\n{before}"
+        );
+        let pods = ns.api::<Pod>();
+        pods.create(&PostParams::default(), &labelled("web", "api"))
+            .await
+            .unwrap();
+        let stored = pods.get("web").await.unwrap();
+        for c in &stored.spec.as_ref().unwrap().containers {
+            assert_eq!(
+                env(c, "AZURE_CLIENT_ID"),
+                vec![CLIENT.to_owned()],
+                "{gates:?}: {}",
+                c.name
+            );
+        }
+        assert_eq!(
+            misses(&metrics().await),
+            misses(&before),
+            "{gates:?}: the pod's ServiceAccount came from the cache"
+        );
+    }
 }
