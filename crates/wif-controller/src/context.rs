@@ -16,7 +16,7 @@ use kube::{
     },
 };
 use rand::Rng;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 
 use crate::{
     Error,
@@ -56,6 +56,8 @@ pub struct Stores {
     pub bindings: Store<FederatedIdentityBinding>,
     /// Policies.
     pub policies: Store<FederatedIdentityPolicy>,
+    /// Pools.
+    pub pools: Store<FederatedIdentityPool>,
     /// Namespaces (metadata only: labels).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// ServiceAccounts (metadata only: annotations, managed fields).
@@ -68,6 +70,7 @@ impl Stores {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         wait_store(&self.policies, deadline, "policies").await?;
+        wait_store(&self.pools, deadline, "pools").await?;
         wait_store(&self.namespaces, deadline, "namespaces").await?;
         wait_store(&self.service_accounts, deadline, "serviceaccounts").await
     }
@@ -83,6 +86,11 @@ impl Stores {
     /// A ServiceAccount from the cache.
     pub fn service_account(&self, namespace: &str, name: &str) -> Option<Arc<CachedServiceAccount>> {
         self.service_accounts.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<Arc<FederatedIdentityPool>> {
+        self.pools.get(&ObjectRef::new(name))
     }
 
     /// Every policy.

@@ -26,6 +26,7 @@ pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod plan;
+pub mod pool;
 pub mod propagation;
 pub mod reasons;
 pub mod reconcile;

@@ -4,18 +4,20 @@ use std::{io::Write, process::ExitCode};
 
 use clap::{Args, ValueEnum};
 use kube::CustomResourceExt;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 
 /// Which CRDs to print.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Which {
-    /// Both.
+    /// All of them.
     #[default]
     All,
     /// `FederatedIdentityBinding`.
     Binding,
     /// `FederatedIdentityPolicy`.
     Policy,
+    /// `FederatedIdentityPool`.
+    Pool,
 }
 
 /// Flags of `wif crd`.
@@ -29,9 +31,14 @@ pub struct CrdArgs {
 /// The YAML documents, `---`-separated.
 pub fn render(which: Which) -> Result<String, String> {
     let crds = match which {
-        Which::All => vec![FederatedIdentityBinding::crd(), FederatedIdentityPolicy::crd()],
+        Which::All => vec![
+            FederatedIdentityBinding::crd(),
+            FederatedIdentityPolicy::crd(),
+            FederatedIdentityPool::crd(),
+        ],
         Which::Binding => vec![FederatedIdentityBinding::crd()],
         Which::Policy => vec![FederatedIdentityPolicy::crd()],
+        Which::Pool => vec![FederatedIdentityPool::crd()],
     };
     let mut out = String::new();
     for crd in crds {
@@ -71,9 +78,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_both_crds_as_yaml_that_parses_back() {
+    fn renders_every_crd_as_yaml_that_parses_back() {
         let yaml = render(Which::All).unwrap();
-        assert_eq!(yaml.matches("---\n").count(), 2);
+        assert_eq!(yaml.matches("---\n").count(), 3);
+        assert!(yaml.contains("federatedidentitypools.azure.workload.identity"));
         assert!(yaml.contains("federatedidentitybindings.azure.workload.identity"));
         assert!(yaml.contains("federatedidentitypolicies.azure.workload.identity"));
         for doc in yaml.split("---\n").filter(|d| !d.trim().is_empty()) {
