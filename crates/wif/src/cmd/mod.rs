@@ -4,8 +4,6 @@ use std::{future::Future, process::ExitCode};
 
 pub mod controller;
 pub mod crd;
-pub mod doctor;
-pub mod doctor_unmutated;
 pub mod mutate;
 pub mod unmutated;
 pub mod webhook;
