@@ -8,7 +8,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
 
 /// Which CRDs to print.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum Which {
+pub(crate) enum Which {
     /// Both.
     #[default]
     All,
@@ -20,14 +20,14 @@ pub enum Which {
 
 /// Flags of `wif crd`.
 #[derive(Debug, Args)]
-pub struct CrdArgs {
+pub(crate) struct CrdArgs {
     /// Which CRDs to print.
     #[arg(long, value_enum, default_value = "all")]
     only: Which,
 }
 
 /// The YAML documents, `---`-separated.
-pub fn render(which: Which) -> Result<String, String> {
+pub(crate) fn render(which: Which) -> Result<String, String> {
     let crds = match which {
         Which::All => vec![FederatedIdentityBinding::crd(), FederatedIdentityPolicy::crd()],
         Which::Binding => vec![FederatedIdentityBinding::crd()],
@@ -46,7 +46,7 @@ pub fn render(which: Which) -> Result<String, String> {
 }
 
 /// Prints the CRDs.
-pub fn run(args: CrdArgs) -> ExitCode {
+pub(crate) fn run(args: CrdArgs) -> ExitCode {
     match render(args.only) {
         Ok(yaml) => {
             let mut stdout = std::io::stdout().lock();
