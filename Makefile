@@ -23,7 +23,7 @@ demo: venv-az ## build and run the whole chain locally, printing each step
 	@scripts/demo.sh
 
 .PHONY: test
-test: lint unit e2e ## everything CI runs: fmt, clippy, unit tests, end-to-end tests
+test: lint deny unit e2e ## everything CI runs: fmt, clippy, cargo-deny, unit tests, end-to-end tests
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

@@ -7,7 +7,7 @@
 
 mod cloud;
 pub mod crd;
-pub mod identity;
+mod identity;
 pub mod policy;
 pub mod pool;
 

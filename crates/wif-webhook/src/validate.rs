@@ -35,7 +35,7 @@ use kube::{
     },
     runtime::{
         WatchStreamExt,
-        reflector::{self, ObjectRef, Store, store::Writer},
+        reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
 };
@@ -116,7 +116,12 @@ impl PolicyCache {
     }
 
     /// A cache holding exactly these policies and namespaces (tests).
-    pub fn fixed(policies: Vec<FederatedIdentityPolicy>, namespaces: &[(&str, &[(&str, &str)])]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn fixed(
+        policies: Vec<FederatedIdentityPolicy>,
+        namespaces: &[(&str, &[(&str, &str)])],
+    ) -> Self {
+        use kube::runtime::reflector::store::Writer;
         let mut pw: Writer<FederatedIdentityPolicy> = Writer::default();
         for p in policies {
             pw.apply_watcher_event(&watcher::Event::Apply(p));

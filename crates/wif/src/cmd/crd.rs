@@ -8,7 +8,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdenti
 
 /// Which CRDs to print.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum Which {
+pub(crate) enum Which {
     /// All of them.
     #[default]
     All,
@@ -22,14 +22,14 @@ pub enum Which {
 
 /// Flags of `wif crd`.
 #[derive(Debug, Args)]
-pub struct CrdArgs {
+pub(crate) struct CrdArgs {
     /// Which CRDs to print.
     #[arg(long, value_enum, default_value = "all")]
     only: Which,
 }
 
 /// The YAML documents, `---`-separated.
-pub fn render(which: Which) -> Result<String, String> {
+pub(crate) fn render(which: Which) -> Result<String, String> {
     let crds = match which {
         Which::All => vec![
             FederatedIdentityBinding::crd(),
@@ -53,7 +53,7 @@ pub fn render(which: Which) -> Result<String, String> {
 }
 
 /// Prints the CRDs.
-pub fn run(args: CrdArgs) -> ExitCode {
+pub(crate) fn run(args: CrdArgs) -> ExitCode {
     match render(args.only) {
         Ok(yaml) => {
             let mut stdout = std::io::stdout().lock();
