@@ -88,6 +88,10 @@ pub struct BindingView {
     pub client_id: Option<String>,
     /// `spec.identityName`: the named identity it binds (None: the default one).
     pub identity_name: Option<String>,
+    /// `spec.identity.pool.name`: the pool it names.
+    pub pool: Option<String>,
+    /// `status.placement.identity`: where its pool placed it.
+    pub placement: Option<String>,
 }
 
 impl BindingView {
@@ -137,6 +141,10 @@ impl BindingView {
                 .as_str()
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned),
+            pool: binding["spec"]["identity"]["pool"]["name"]
+                .as_str()
+                .map(str::to_owned),
+            placement: status["placement"]["identity"].as_str().map(str::to_owned),
         })
     }
 

@@ -21,6 +21,7 @@ use wif_api::{
 
 mod checks;
 mod entra;
+mod pool;
 mod probes;
 mod report;
 pub(crate) mod unmutated;
@@ -293,6 +294,9 @@ async fn entra_side(out: &mut Out, client: &Client, subject: &Subject) -> EntraS
         .or_else(|| checks::annotation(&sa.metadata, AUDIENCE_ANNOTATION))
         .unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned());
     let bindings = probes::bindings(out, client, ns, sa_name).await;
+    if let Some(views) = &bindings {
+        pool::check(out, client, views).await;
+    }
     let issuer = probes::discovered_issuer(client).await;
     let expected = issuer.as_ref().ok().map(|issuer| Expected {
         issuer: issuer.clone(),

@@ -202,6 +202,8 @@ fn bindings_are_found_per_identity() {
         tenant_id: None,
         client_id: Some(client.into()),
         identity_name: identity.map(Into::into),
+        pool: None,
+        placement: None,
     };
     let all = [
         view("named", "x", Some("reader")),
