@@ -231,7 +231,8 @@ async fn main() {
             ("--azure-retry-max", "10s".into()),
             ("--backoff-base", "1s".into()),
             ("--backoff-max", "30s".into()),
-            ("--log-level", "warn".into()),
+            // The harness reads the admin address from the startup line (info).
+            ("--log-level", "warn,wif_controller::startup=info".into()),
         ],
     };
     let load_at_start = loadavg();

@@ -70,7 +70,6 @@ impl Stores {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         wait_store(&self.policies, deadline, "policies").await?;
-        wait_store(&self.pools, deadline, "pools").await?;
         wait_store(&self.namespaces, deadline, "namespaces").await?;
         wait_store(&self.service_accounts, deadline, "serviceaccounts").await
     }
@@ -91,6 +90,12 @@ impl Stores {
     /// A pool by name.
     pub fn pool(&self, name: &str) -> Option<Arc<FederatedIdentityPool>> {
         self.pools.get(&ObjectRef::new(name))
+    }
+
+    /// Waits (briefly) for the pool cache. Only bindings naming a pool wait for it, so a
+    /// cluster without the pool CRD (an upgrade that did not apply it) still serves the others.
+    pub async fn wait_pools(&self, timeout: Duration) -> Result<(), Error> {
+        wait_store(&self.pools, tokio::time::Instant::now() + timeout, "pools").await
     }
 
     /// Every policy.

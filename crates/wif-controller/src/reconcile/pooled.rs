@@ -90,7 +90,18 @@ pub(crate) async fn listed(
 }
 
 /// The pool a binding names, checked.
-fn pool_of(ctx: &Context, name: &str) -> Result<std::sync::Arc<FederatedIdentityPool>, Failure> {
+async fn pool_of(ctx: &Context, name: &str) -> Result<std::sync::Arc<FederatedIdentityPool>, Failure> {
+    if ctx
+        .stores
+        .wait_pools(std::time::Duration::from_secs(10))
+        .await
+        .is_err()
+    {
+        return Err(Failure::new(
+            Reason::PoolNotFound,
+            "the FederatedIdentityPool cache has not synced: is the FederatedIdentityPool CRD installed? (apply charts/wif/crds/federatedidentitypools.yaml)",
+        ));
+    }
     let pool = ctx.stores.pool(name).ok_or_else(|| {
         Failure::new(
             Reason::PoolNotFound,
@@ -188,7 +199,7 @@ pub(super) async fn place(
     name: &str,
     old: &FederatedIdentityBindingStatus,
 ) -> Result<Placed, Failure> {
-    let pool = pool_of(ctx, name)?;
+    let pool = pool_of(ctx, name).await?;
     let capacity = pool.spec.capacity_per_identity;
     let recorded = old.placement.as_ref().filter(|p| p.pool == name);
 
