@@ -129,8 +129,10 @@ impl<'a> Apply<'a> {
         self.report.placement = Some(placed.placement.clone());
         let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
         let (credential_ok, wrote) = self.sync(&resolved, &desired, placed.capacity).await;
-        // Written (or refused) under the pool's lock: the next placement counts it.
-        drop(placed.guard);
+        // Written (or refused): the identity's list now counts it.
+        if let Some((parent_key, name)) = &placed.reservation {
+            self.ctx.directory.release(parent_key, name);
+        }
         let previous = pooled::previous_parent(&placed.placement, &self.ctx.settings.default_tenant);
         let Some(previous) = previous else {
             let sa_exists = self.service_account(&resolved, credential_ok).await;

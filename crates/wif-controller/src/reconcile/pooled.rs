@@ -6,16 +6,16 @@
 //! (the recorded placement is retried) or one credential where the status says (kept).
 //!
 //! Capacity: placements of one pool are serialised in this process (the pool's lock is held
-//! from counting to creating), the count includes placements recorded by other bindings whose
-//! credential is not created yet, and the final create is planned under the identity's lock
-//! against its real list with the pool's capacity as the limit.
+//! from counting to recording), the count includes slots reserved by this process and placements
+//! recorded by other bindings whose credential is not created yet, and the create itself is
+//! planned under the identity's lock against its real list with the pool's capacity as the
+//! limit (so even a stale count never puts a credential beyond it).
 
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use tokio::sync::OwnedMutexGuard;
 use wif_api::{
     FederatedIdentityBinding, FederatedIdentityBindingStatus, FederatedIdentityPool, PlacementStatus,
     PoolIdentity,
@@ -44,8 +44,9 @@ pub(super) struct Placed {
     pub placement: PlacementStatus,
     /// The pool's capacity per identity (the limit of the credential plan).
     pub capacity: usize,
-    /// The pool's lock, held until the credential is written (slow path only).
-    pub guard: Option<OwnedMutexGuard<Listing>>,
+    /// The slot reserved for the credential (identity key, name), released by the caller once
+    /// the credential is written (slow path only).
+    pub reservation: Option<(String, String)>,
 }
 
 /// The target of one pool entry.
@@ -139,40 +140,58 @@ fn holds_ours(
     })
 }
 
-/// Other bindings placed on `identity_key` of `pool` whose credential is not in `list` yet:
-/// their slots are reserved.
-fn reserved(
+/// The credential name of a binding (its spec's, else the deterministic default).
+fn credential_name(ctx: &Context, b: &FederatedIdentityBinding) -> String {
+    b.spec.credential_name.clone().unwrap_or_else(|| {
+        naming::default_credential_name(
+            &ctx.settings.cluster_id,
+            &b.namespace().unwrap_or_default(),
+            &b.name_any(),
+        )
+    })
+}
+
+/// Credential names of the other bindings placed on each identity (by pool key) of `pool`, as
+/// their statuses recorded (one pass over the binding cache).
+fn placed_elsewhere(
     ctx: &Context,
     b: &FederatedIdentityBinding,
     pool: &str,
-    entry: &PoolIdentity,
-    parent: &Parent,
-    list: &[FederatedCredential],
-) -> u32 {
+) -> std::collections::HashMap<String, Vec<String>> {
     let me = (b.namespace(), b.name_any());
-    let key = entry.key();
-    let count = ctx
-        .stores
-        .bindings
-        .state()
-        .iter()
-        .filter(|o| (o.namespace(), o.name_any()) != me)
-        .filter(|o| {
-            o.status
-                .as_ref()
-                .and_then(|s| s.placement.as_ref())
-                .is_some_and(|p| p.pool == pool && same_identity(&p.identity, &key))
-        })
-        .filter(|o| {
-            let d = target::desired(&ctx.settings, o, parent);
-            !list.iter().any(|c| c.name.eq_ignore_ascii_case(&d.name))
-        })
-        .count();
-    u32::try_from(count).unwrap_or(u32::MAX)
+    let mut out: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for o in ctx.stores.bindings.state() {
+        let Some(p) = o.status.as_ref().and_then(|s| s.placement.as_ref()) else {
+            continue;
+        };
+        if p.pool != pool || (o.namespace(), o.name_any()) == me {
+            continue;
+        }
+        out.entry(recorded_key(&p.identity))
+            .or_default()
+            .push(credential_name(ctx, &o));
+    }
+    out
 }
 
-/// Whether a recorded identity (as the pool lists it) is the entry with `key`.
-pub(crate) fn same_identity(recorded: &str, key: &str) -> bool {
+/// Slots taken on an identity beyond its list: placements recorded by other bindings (statuses)
+/// or made by this process (reservations) whose credential is not in `list` yet.
+fn pending(
+    recorded: Option<&Vec<String>>,
+    reserved: Vec<String>,
+    mine: &str,
+    list: &[FederatedCredential],
+) -> u32 {
+    let mut names: Vec<String> = recorded.cloned().unwrap_or_default();
+    names.extend(reserved);
+    names.retain(|n| !n.eq_ignore_ascii_case(mine) && !list.iter().any(|c| c.name.eq_ignore_ascii_case(n)));
+    names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    u32::try_from(names.len()).unwrap_or(u32::MAX)
+}
+
+/// The pool key of an identity as a status recorded it.
+fn recorded_key(recorded: &str) -> String {
     let probe = if recorded.starts_with('/') {
         PoolIdentity {
             user_assigned_identity: Some(wif_api::UserAssignedIdentityReference {
@@ -188,7 +207,12 @@ pub(crate) fn same_identity(recorded: &str, key: &str) -> bool {
             ..PoolIdentity::default()
         }
     };
-    probe.key() == key
+    probe.key()
+}
+
+/// Whether a recorded identity (as the pool lists it) is the entry with `key`.
+pub(crate) fn same_identity(recorded: &str, key: &str) -> bool {
+    recorded_key(recorded) == key
 }
 
 /// Places a binding on an identity of pool `name`; a new placement is written to the status
@@ -222,13 +246,15 @@ pub(super) async fn place(
                 resolved,
                 placement: p.clone(),
                 capacity: capacity as usize,
-                guard: None,
+                reservation: None,
             });
         }
     }
 
     // Slow path: under the pool's lock, count every identity and decide.
     let guard = ctx.directory.lock(&format!("pool/{name}")).await;
+    let elsewhere = placed_elsewhere(ctx, b, name);
+    let mine = credential_name(ctx, b);
     let mut candidates = Vec::with_capacity(pool.spec.identities.len());
     let mut resolved_all = Vec::with_capacity(pool.spec.identities.len());
     for entry in &pool.spec.identities {
@@ -263,7 +289,12 @@ pub(super) async fn place(
         });
         let used = u32::try_from(list.len())
             .unwrap_or(u32::MAX)
-            .saturating_add(reserved(ctx, b, name, entry, &resolved.parent, &list));
+            .saturating_add(pending(
+                elsewhere.get(&key),
+                ctx.directory.reserved(&resolved.parent.key()),
+                &mine,
+                &list,
+            ));
         candidates.push(Candidate {
             key,
             usable: true,
@@ -320,11 +351,16 @@ pub(super) async fn place(
         })?;
         tracing::info!(pool = name, identity = %placement.identity, ?decision, "placed binding");
     }
+    // The slot is taken for the next placement of this process; the pool's lock can go (the
+    // create itself is checked against the identity's real list under the identity's lock).
+    let reservation = (resolved.parent.key(), mine);
+    ctx.directory.reserve(&reservation.0, &reservation.1);
+    drop(guard);
     Ok(Placed {
         resolved,
         placement,
         capacity: capacity as usize,
-        guard: Some(guard),
+        reservation: Some(reservation),
     })
 }
 
