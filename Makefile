@@ -23,7 +23,7 @@ demo: venv venv-az ## build and run the whole chain locally, printing each step
 	@scripts/demo.sh
 
 .PHONY: test
-test: lint unit e2e ## everything CI runs: fmt, clippy, unit tests, end-to-end tests
+test: lint deny unit e2e ## everything CI runs: fmt, clippy, cargo-deny, unit tests, end-to-end tests
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings
@@ -94,11 +94,16 @@ bench: bench-controller bench-memory ## benchmarks (loopback only, bounded in ti
 	cargo run --release -p wif-exchange --example bench_exchange
 
 .PHONY: bench-controller
-bench-controller: release controlplane ## controller: BENCH_BINDINGS (1000) over BENCH_IDENTITIES (50), 50 ms + 5 % 429; BENCH_STEADY_SECONDS (300)
+bench-controller: release controlplane ## controller: BENCH_BINDINGS (1000) over BENCH_IDENTITIES (50), 50 ms + 5 % 429; BENCH_STEADY_SECONDS (300); then the same through one pool (key pool)
 	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
 	  cargo run --release -p wif-e2e --example bench_controller -- \
 	  --bindings $${BENCH_BINDINGS:-1000} --identities $${BENCH_IDENTITIES:-50} \
 	  --steady-seconds $${BENCH_STEADY_SECONDS:-300} \
+	  --out $${BENCH_OUT:-bench/results/controller.json}
+	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+	  cargo run --release -p wif-e2e --example bench_controller -- --pool \
+	  --bindings $${BENCH_BINDINGS:-1000} --identities $${BENCH_IDENTITIES:-50} \
+	  --steady-seconds $${BENCH_POOL_STEADY_SECONDS:-60} \
 	  --out $${BENCH_OUT:-bench/results/controller.json}
 
 .PHONY: bench-burst

@@ -2,6 +2,10 @@
 //! Graph, 25 user-assigned identities through ARM, 20 bindings each — Entra's limit), the emulator
 //! adding 50 ms to every Graph/ARM call and answering 5 % of them with 429 + `Retry-After`.
 //!
+//! With `--pool`, the same identities form one `FederatedIdentityPool` (capacity 20 each) and every
+//! binding names the pool: the controller places them. That run's report is stored under `pool`
+//! in the `--out` file (the other figures are kept).
+//!
 //! Measures: seconds from controller start until every binding is Ready, Azure writes per binding
 //! (successful, and attempts including throttled ones), Azure writes and reads during a steady
 //! state window, and the controller's resident memory. Writes a JSON report.
@@ -22,7 +26,7 @@ use std::{
 use futures::{StreamExt, stream};
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
-use wif_api::FederatedIdentityBinding;
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 use wif_e2e::{
     TestNs,
     controller::{
@@ -41,6 +45,7 @@ struct Args {
     resync: String,
     concurrency: u16,
     out: PathBuf,
+    pool: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +59,7 @@ fn parse_args() -> Args {
         resync: "60s".into(),
         concurrency: 64,
         out: PathBuf::from("bench/results/controller.json"),
+        pool: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +74,7 @@ fn parse_args() -> Args {
             "--resync" => a.resync = value(),
             "--concurrency" => a.concurrency = value().parse().unwrap(),
             "--out" => a.out = value().into(),
+            "--pool" => a.pool = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -144,6 +151,35 @@ async fn main() {
         .await
         .unwrap();
     let _policy = PolicyGuard::grant(&ns, "", &["*"], &["*"]).await;
+    let pool_name = format!("bench-{}", ns.name);
+    if args.pool {
+        let identities: Vec<Value> = (0..apps)
+            .map(|i| json!({"application": {"clientId": app_id(i)}}))
+            .chain((0..uamis).map(
+                |i| json!({"userAssignedIdentity": {"resourceId": identity_id(&format!("bench-mi-{i}"))}}),
+            ))
+            .collect();
+        let pool: FederatedIdentityPool = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPool",
+            "metadata": {"name": pool_name},
+            "spec": {"identities": identities, "capacityPerIdentity": 20}
+        }))
+        .unwrap();
+        kube::Api::<FederatedIdentityPool>::all(ns.client.clone())
+            .create(&PostParams::default(), &pool)
+            .await
+            .expect("create pool");
+        let policy: FederatedIdentityPolicy = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPolicy",
+            "metadata": {"name": pool_name},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}}, "pools": [pool_name]}
+        }))
+        .unwrap();
+        kube::Api::<FederatedIdentityPolicy>::all(ns.client.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("create pool policy");
+    }
 
     // ServiceAccounts and bindings, created before the controller starts (a cold start with a
     // full backlog).
@@ -158,12 +194,16 @@ async fn main() {
         })
         .await;
     let api = ns.api::<FederatedIdentityBinding>();
+    let pool_mode = args.pool;
     stream::iter(names.iter().enumerate())
         .for_each_concurrent(32, |(i, n)| {
             let api = api.clone();
+            let pool_name = &pool_name;
             async move {
                 let identity = i / per_identity;
-                let target = if identity < apps {
+                let target = if pool_mode {
+                    json!({"pool": {"name": pool_name}})
+                } else if identity < apps {
                     json!({"application": {"clientId": app_id(identity)}})
                 } else {
                     json!({"userAssignedIdentity": {"resourceId": identity_id(&format!("bench-mi-{}", identity - apps))}})
@@ -299,14 +339,53 @@ async fn main() {
         "host": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "when": jiff_now(),
     });
+    let mut report = report;
+    if args.pool {
+        report["pool"] = json!({"name": pool_name, "capacityPerIdentity": 20});
+        if args.bindings != 0 {
+            let per_identity = pool_usage(&ns, &pool_name).await;
+            report["pool"]["usedPerIdentity"] = json!(per_identity);
+        }
+    }
+    report["build"] = json!(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    });
     let text = serde_json::to_string_pretty(&report).unwrap();
     println!("{text}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
-    std::fs::write(&args.out, format!("{text}\n")).unwrap();
+    let stored = if args.pool {
+        // Kept beside the other figures of the file.
+        let mut whole: Value = std::fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({}));
+        whole["pool"] = report;
+        serde_json::to_string_pretty(&whole).unwrap()
+    } else {
+        text
+    };
+    std::fs::write(&args.out, format!("{stored}\n")).unwrap();
     eprintln!("bench: wrote {}", args.out.display());
     drop(ctl);
+}
+
+/// Credentials per identity, from the pool's status (after its next count).
+async fn pool_usage(ns: &TestNs, name: &str) -> Vec<u32> {
+    let api = kube::Api::<FederatedIdentityPool>::all(ns.client.clone());
+    for _ in 0..60 {
+        if let Ok(p) = api.get(name).await
+            && let Some(s) = p.status
+            && s.identities.len() == p.spec.identities.len()
+        {
+            return s.identities.iter().map(|i| i.used).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Vec::new()
 }
 
 fn loadavg() -> Value {

@@ -15,7 +15,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 use wif_emulator::{Config, Emulator, EmulatorConfig, Handle};
 
 use crate::{ChildGuard, TestNs, entra::service_account_token, tail, wif_bin};
@@ -29,7 +29,7 @@ pub const CONTROLLER_SA: &str = "wif-controller";
 /// Subscription of the seeded managed identities.
 pub const SUBSCRIPTION: &str = "0b1f6471-1bf0-4dda-aec3-cb9272f09590";
 
-/// Installs both CRDs once per test process and waits until they are served.
+/// Installs the CRDs once per test process and waits until they are served.
 pub async fn install_crds(ns: &TestNs) {
     // Per control plane (the shared one, the node's, private ones).
     static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -37,7 +37,11 @@ pub async fn install_crds(ns: &TestNs) {
         return;
     }
     let api: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
-    for crd in [FederatedIdentityBinding::crd(), FederatedIdentityPolicy::crd()] {
+    for crd in [
+        FederatedIdentityBinding::crd(),
+        FederatedIdentityPolicy::crd(),
+        FederatedIdentityPool::crd(),
+    ] {
         match api.create(&PostParams::default(), &crd).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -48,8 +52,10 @@ pub async fn install_crds(ns: &TestNs) {
     loop {
         let bindings: Api<FederatedIdentityBinding> = ns.api();
         let policies: Api<FederatedIdentityPolicy> = Api::all(ns.client.clone());
+        let pools: Api<FederatedIdentityPool> = Api::all(ns.client.clone());
         if bindings.list(&Default::default()).await.is_ok()
             && policies.list(&Default::default()).await.is_ok()
+            && pools.list(&Default::default()).await.is_ok()
         {
             break;
         }

@@ -140,8 +140,8 @@ fn default_true() -> bool {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.application) != has(self.userAssignedIdentity)")
-        .message("exactly one of identity.application or identity.userAssignedIdentity must be set")
+    validation = Rule::new("(has(self.application) ? 1 : 0) + (has(self.userAssignedIdentity) ? 1 : 0) + (has(self.pool) ? 1 : 0) == 1")
+        .message("exactly one of identity.application, identity.userAssignedIdentity or identity.pool must be set")
 )]
 pub struct IdentityReference {
     /// An Entra application registration, addressed by its client (application) id.
@@ -152,8 +152,14 @@ pub struct IdentityReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_assigned_identity: Option<UserAssignedIdentityReference>,
 
+    /// A FederatedIdentityPool: the controller places the credential on one of its identities
+    /// (least used with a free slot) and records the placement in `status.placement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<crate::pool::PoolReference>,
+
     /// Tenant of the identity (GUID or verified domain). Defaults to the controller's tenant;
-    /// the controller must be allowed to authenticate to any other.
+    /// the controller must be allowed to authenticate to any other. (A pool's identities carry
+    /// their own tenant.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(
@@ -217,10 +223,32 @@ pub struct FederatedIdentityBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
 
+    /// Where a binding naming a pool is placed, recorded before its credential is created and
+    /// kept while the credential works (sticky across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementStatus>,
+
     /// `Ready`, `Permitted`, `IdentityResolved`, `CredentialSynced`, `ServiceAccountReady`,
     /// `Propagated`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// The identity of a pool a binding is placed on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStatus {
+    /// Name of the pool.
+    pub pool: String,
+    /// The identity as the pool lists it (client id or resource id).
+    pub identity: String,
+    /// The credential on the identity the binding is moving away from (removed from the pool),
+    /// deleted once the new one is propagated and the ServiceAccount switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<CredentialStatus>,
+    /// Tenant of the previous identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_tenant_id: Option<String>,
 }
 
 /// A federated identity credential, as Entra holds it.
@@ -250,7 +278,7 @@ pub struct CredentialStatus {
     version = "v1alpha1",
     kind = "FederatedIdentityPolicy",
     derive = "PartialEq",
-    shortname = "fip",
+    shortname = "fipol",
     category = "wif",
     doc = "Grants namespaces the right to bind Entra identities with FederatedIdentityBindings (default deny).",
     printcolumn(name = "Applications", type_ = "string", json_path = ".spec.applications"),
@@ -263,8 +291,8 @@ pub struct CredentialStatus {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("size(self.applications) + size(self.userAssignedIdentities) > 0")
-        .message("a policy must grant at least one application or userAssignedIdentity (or '*')")
+    validation = Rule::new("size(self.applications) + size(self.userAssignedIdentities) + (has(self.pools) ? size(self.pools) : 0) > 0")
+        .message("a policy must grant at least one application, userAssignedIdentity or pool (or '*')")
 )]
 pub struct FederatedIdentityPolicySpec {
     /// Namespaces the grant applies to. `{}` selects every namespace.
@@ -289,6 +317,15 @@ pub struct FederatedIdentityPolicySpec {
             .message("userAssignedIdentities must be ARM resource ids of user-assigned identities or '*'")
     )]
     pub user_assigned_identities: Vec<PolicyEntry>,
+
+    /// Names of FederatedIdentityPools the selected namespaces may bind; `*` grants every pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    #[x_kube(
+        validation = Rule::new("self.all(x, x == '*' || x.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))")
+            .message("pools must be names of FederatedIdentityPools or '*'")
+    )]
+    pub pools: Vec<PolicyEntry>,
 }
 
 /// One granted identity (a client id or resource id) or `*`.
@@ -333,7 +370,7 @@ mod tests {
     fn binding_schema_carries_cel_rules_and_lengths() {
         let schema = schema_of(&FederatedIdentityBinding::crd()).to_string();
         for needle in [
-            "has(self.application) != has(self.userAssignedIdentity)",
+            "(has(self.application) ? 1 : 0) + (has(self.userAssignedIdentity) ? 1 : 0) + (has(self.pool) ? 1 : 0) == 1",
             "^[a-zA-Z0-9][a-zA-Z0-9_-]{2,119}$",
             "\"maxLength\":120",
             "\"maxLength\":600",
@@ -386,7 +423,11 @@ mod tests {
                 }
             }
         }
-        for crd in [FederatedIdentityBinding::crd(), FederatedIdentityPolicy::crd()] {
+        for crd in [
+            FederatedIdentityBinding::crd(),
+            FederatedIdentityPolicy::crd(),
+            crate::pool::FederatedIdentityPool::crd(),
+        ] {
             let schema = schema_of(&crd);
             let root = &schema["openAPIV3Schema"];
             let mut missing = Vec::new();

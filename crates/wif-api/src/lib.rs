@@ -7,17 +7,22 @@
 
 mod cloud;
 pub mod crd;
-pub mod identity;
+mod identity;
 pub mod policy;
+pub mod pool;
 
 pub use cloud::{AuthorityHost, Cloud, CloudError};
 pub use crd::{
     ApplicationReference, CredentialStatus, DeletionPolicy, FederatedIdentityBinding,
     FederatedIdentityBindingSpec, FederatedIdentityBindingStatus, FederatedIdentityPolicy,
-    FederatedIdentityPolicySpec, IdentityReference, UserAssignedIdentityReference,
+    FederatedIdentityPolicySpec, IdentityReference, PlacementStatus, UserAssignedIdentityReference,
 };
 pub use identity::{UserAssignedIdentityId, is_guid, service_account_subject};
 pub use policy::{PolicyDecision, RequestedIdentity};
+pub use pool::{
+    FederatedIdentityPool, FederatedIdentityPoolSpec, FederatedIdentityPoolStatus, PoolIdentity,
+    PoolIdentityStatus, PoolReference,
+};
 
 /// Prefix shared by every label and annotation wif reads.
 pub const PREFIX: &str = "azure.workload.identity/";
@@ -161,6 +166,8 @@ pub const MUTATE_PATH: &str = "/mutate-v1-pod";
 pub const VALIDATE_BINDING_PATH: &str = "/validate-federatedidentitybinding";
 /// Path of the validating admission endpoint for `FederatedIdentityPolicy`s.
 pub const VALIDATE_POLICY_PATH: &str = "/validate-federatedidentitypolicy";
+/// Path of the validating admission endpoint for `FederatedIdentityPool`s.
+pub const VALIDATE_POOL_PATH: &str = "/validate-federatedidentitypool";
 
 /// Finalizer the controller puts on every `FederatedIdentityBinding` it manages.
 pub const BINDING_FINALIZER: &str = "azure.workload.identity/credential-cleanup";

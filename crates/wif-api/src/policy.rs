@@ -23,6 +23,11 @@ pub enum RequestedIdentity<'a> {
         /// ARM resource id.
         resource_id: &'a str,
     },
+    /// A FederatedIdentityPool, by name.
+    Pool {
+        /// Name of the pool.
+        name: &'a str,
+    },
 }
 
 impl<'a> RequestedIdentity<'a> {
@@ -30,19 +35,22 @@ impl<'a> RequestedIdentity<'a> {
     /// client id. `Err` says what to fix. (A resource id is parsed where it is used, with
     /// [`UserAssignedIdentityId::parse`].)
     pub fn from_spec(identity: &'a IdentityReference) -> Result<Self, String> {
-        match (&identity.application, &identity.user_assigned_identity) {
-            (Some(app), None) if is_guid(&app.client_id) => Ok(Self::Application {
+        match (&identity.application, &identity.user_assigned_identity, &identity.pool) {
+            (Some(app), None, None) if is_guid(&app.client_id) => Ok(Self::Application {
                 client_id: &app.client_id,
             }),
-            (Some(app), None) => Err(format!(
+            (Some(app), None, None) => Err(format!(
                 "spec.identity.application.clientId {:?} is not a GUID: use the application (client) id of the app registration",
                 app.client_id
             )),
-            (None, Some(uami)) => Ok(Self::UserAssignedIdentity {
+            (None, Some(uami), None) => Ok(Self::UserAssignedIdentity {
                 resource_id: &uami.resource_id,
             }),
+            (None, None, Some(pool)) if !pool.name.is_empty() => Ok(Self::Pool { name: &pool.name }),
+            (None, None, Some(_)) => Err("spec.identity.pool.name must name a FederatedIdentityPool".into()),
             _ => Err(
-                "set exactly one of spec.identity.application and spec.identity.userAssignedIdentity".into(),
+                "set exactly one of spec.identity.application, spec.identity.userAssignedIdentity and spec.identity.pool"
+                    .into(),
             ),
         }
     }
@@ -53,6 +61,7 @@ impl RequestedIdentity<'_> {
         match self {
             Self::Application { client_id } => format!("application {client_id}"),
             Self::UserAssignedIdentity { resource_id } => format!("user-assigned identity {resource_id}"),
+            Self::Pool { name } => format!("pool {name}"),
         }
     }
 
@@ -60,6 +69,7 @@ impl RequestedIdentity<'_> {
         match self {
             Self::Application { .. } => "spec.applications",
             Self::UserAssignedIdentity { .. } => "spec.userAssignedIdentities",
+            Self::Pool { .. } => "spec.pools",
         }
     }
 
@@ -75,6 +85,7 @@ impl RequestedIdentity<'_> {
                     .iter()
                     .any(|e| e == "*" || canonical_resource_key(e) == wanted)
             }
+            Self::Pool { name } => spec.pools.iter().any(|e| e == "*" || e == name),
         }
     }
 }
@@ -196,12 +207,25 @@ pub fn validate_policy(spec: &FederatedIdentityPolicySpec) -> Vec<String> {
     if let Err(why) = Selector::try_from(spec.namespace_selector.clone()) {
         problems.push(format!("spec.namespaceSelector is invalid: {}", why.0));
     }
-    if spec.applications.is_empty() && spec.user_assigned_identities.is_empty() {
+    if spec.applications.is_empty() && spec.user_assigned_identities.is_empty() && spec.pools.is_empty() {
         problems.push(
-            "the policy grants nothing: list client ids in spec.applications or resource ids in \
-             spec.userAssignedIdentities (or '*')"
+            "the policy grants nothing: list client ids in spec.applications, resource ids in \
+             spec.userAssignedIdentities or pool names in spec.pools (or '*')"
                 .to_owned(),
         );
+    }
+    for (i, entry) in spec.pools.iter().enumerate() {
+        let ok = entry == "*"
+            || (!entry.is_empty()
+                && entry.len() <= 253
+                && entry
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+        if !ok {
+            problems.push(format!(
+                "spec.pools[{i}] {entry:?} is neither the name of a FederatedIdentityPool nor '*'"
+            ));
+        }
     }
     for (i, entry) in spec.applications.iter().enumerate() {
         if entry != "*" && !is_guid(entry) {
@@ -245,6 +269,7 @@ mod tests {
                 },
                 applications: apps.iter().map(|s| (*s).into()).collect(),
                 user_assigned_identities: uamis.iter().map(|s| (*s).into()).collect(),
+                pools: Vec::new(),
             },
         }
     }
@@ -293,6 +318,35 @@ mod tests {
                 assert!(message.contains("namespace payments"), "{message}");
             }
         }
+    }
+
+    #[test]
+    fn pools_are_granted_by_name() {
+        let mut p = policy("p", &[("team", "pay")], &["*"], &["*"]);
+        let pool = RequestedIdentity::Pool { name: "shared" };
+        let PolicyDecision::Denied { message } =
+            evaluate("payments", &labels(&[("team", "pay")]), pool, [&p])
+        else {
+            panic!("an application/identity wildcard must not grant a pool");
+        };
+        assert!(
+            message.contains("pool shared") && message.contains("spec.pools"),
+            "{message}"
+        );
+        p.spec.pools = vec!["shared".into()];
+        assert!(evaluate("payments", &labels(&[("team", "pay")]), pool, [&p]).is_granted());
+        let other = RequestedIdentity::Pool { name: "other" };
+        assert!(!evaluate("payments", &labels(&[("team", "pay")]), other, [&p]).is_granted());
+        assert!(!evaluate("dev", &labels(&[("team", "dev")]), pool, [&p]).is_granted());
+        p.spec.pools = vec!["*".into()];
+        assert!(evaluate("payments", &labels(&[("team", "pay")]), other, [&p]).is_granted());
+        p.spec.pools = vec!["Bad_Name".into()];
+        assert!(validate_policy(&p.spec)[0].contains("spec.pools[0]"));
+        let only_pools = FederatedIdentityPolicySpec {
+            pools: vec!["shared".into()],
+            ..policy("q", &[], &[], &[]).spec
+        };
+        assert!(validate_policy(&only_pools).is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::{
     },
 };
 use rand::Rng;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 
 use crate::{
     Error,
@@ -56,6 +56,8 @@ pub struct Stores {
     pub bindings: Store<FederatedIdentityBinding>,
     /// Policies.
     pub policies: Store<FederatedIdentityPolicy>,
+    /// Pools.
+    pub pools: Store<FederatedIdentityPool>,
     /// Namespaces (metadata only: labels).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// ServiceAccounts (metadata only: annotations, managed fields).
@@ -83,6 +85,17 @@ impl Stores {
     /// A ServiceAccount from the cache.
     pub fn service_account(&self, namespace: &str, name: &str) -> Option<Arc<CachedServiceAccount>> {
         self.service_accounts.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<Arc<FederatedIdentityPool>> {
+        self.pools.get(&ObjectRef::new(name))
+    }
+
+    /// Waits (briefly) for the pool cache. Only bindings naming a pool wait for it, so a
+    /// cluster without the pool CRD (an upgrade that did not apply it) still serves the others.
+    pub async fn wait_pools(&self, timeout: Duration) -> Result<(), Error> {
+        wait_store(&self.pools, tokio::time::Instant::now() + timeout, "pools").await
     }
 
     /// Every policy.

@@ -20,7 +20,7 @@ use kube::{
     },
 };
 use tokio_util::sync::CancellationToken;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 
 use crate::{
     azure::Azure,
@@ -116,12 +116,24 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         .default_backoff()
         .reflect(sa_writer);
 
+    let pools = Controller::new(
+        Api::<FederatedIdentityPool>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let pool_store = pools.store();
+    let pool_events = watcher(
+        Api::<FederatedIdentityPool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+
     let controller = Controller::new(bindings_api, watcher::Config::default());
     let bindings = controller.store();
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
     let stores = Stores {
         bindings: bindings.clone(),
         policies,
+        pools: pool_store,
         namespaces,
         service_accounts,
     };
@@ -200,14 +212,25 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         }
     };
 
+    let by_pool = {
+        let store = bindings.clone();
+        move |pool: FederatedIdentityPool| crate::pool::waiting_bindings(&store.state(), &pool)
+    };
+
     tracing::info!(
         namespace = shared.watch_namespace.as_deref().unwrap_or("*"),
         "controller running"
     );
-    controller
+    let pool_run = pools
+        .with_config(controller::Config::default().concurrency(4))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(crate::pool::reconcile, crate::pool::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let binding_run = controller
         .watches_stream(objects(sa_events), by_service_account)
         .watches_stream(objects(policy_events), every_binding)
         .watches_stream(objects(ns_events), by_namespace)
+        .watches_stream(objects(pool_events), by_pool)
         .with_config(controller::Config::default().concurrency(shared.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -218,8 +241,8 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
                 Err(controller::Error::ReconcilerFailed(_, _)) => {} // logged by error_policy
                 Err(error) => tracing::warn!(%error, "controller error"),
             }
-        })
-        .await;
+        });
+    futures::join!(binding_run, pool_run);
     shared.synced.store(false, Ordering::Release);
     tracing::info!("controller stopped");
 }

@@ -77,6 +77,8 @@ pub struct ResolvedIdentity {
 #[derive(Debug)]
 pub struct Directory {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<Listing>>>>,
+    /// Credential names placed on an identity (by its key) and not created yet.
+    reservations: Mutex<HashMap<String, Vec<String>>>,
     resolved: Mutex<HashMap<String, (ResolvedIdentity, Instant)>>,
     /// How long a list serves other bindings of the identity.
     pub list_ttl: Duration,
@@ -93,6 +95,7 @@ impl Directory {
     pub fn new(list_ttl: Duration, resolve_ttl: Duration) -> Self {
         Self {
             locks: Mutex::default(),
+            reservations: Mutex::default(),
             resolved: Mutex::default(),
             list_ttl,
             resolve_ttl,
@@ -107,6 +110,32 @@ impl Directory {
             .or_default()
             .clone();
         entry.lock_owned().await
+    }
+
+    /// Reserves a slot on identity `parent_key` for credential `name` (a pool placement whose
+    /// credential is being created).
+    pub fn reserve(&self, parent_key: &str, name: &str) {
+        let mut map = lock(&self.reservations);
+        let names = map.entry(parent_key.to_owned()).or_default();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.to_owned());
+        }
+    }
+
+    /// Releases a reservation (the credential was written, or the write failed).
+    pub fn release(&self, parent_key: &str, name: &str) {
+        let mut map = lock(&self.reservations);
+        if let Some(names) = map.get_mut(parent_key) {
+            names.retain(|n| !n.eq_ignore_ascii_case(name));
+        }
+    }
+
+    /// Names reserved on identity `parent_key`.
+    pub fn reserved(&self, parent_key: &str) -> Vec<String> {
+        lock(&self.reservations)
+            .get(parent_key)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Number of identities seen.
@@ -212,6 +241,18 @@ mod tests {
             let d = next_resync("k", interval, Duration::from_millis(300), SystemTime::now());
             assert!(d <= interval + interval / 2 + Duration::from_millis(300));
         }
+    }
+
+    #[test]
+    fn reservations_are_per_identity_and_released() {
+        let dir = Directory::new(Duration::from_secs(1), Duration::from_secs(1));
+        dir.reserve("a", "x");
+        dir.reserve("a", "X");
+        dir.reserve("b", "y");
+        assert_eq!(dir.reserved("a"), ["x"]);
+        dir.release("a", "x");
+        assert!(dir.reserved("a").is_empty());
+        assert_eq!(dir.reserved("b"), ["y"]);
     }
 
     #[tokio::test]

@@ -16,20 +16,21 @@
 
 pub mod azure;
 pub mod conditions;
-pub mod config;
+mod config;
 pub mod context;
 pub mod controller;
 pub mod directory;
 mod error;
-pub mod issuer;
+mod issuer;
 pub mod leader;
-pub mod metrics;
+mod metrics;
 pub mod naming;
 pub mod plan;
+pub mod pool;
 pub mod propagation;
-pub mod reasons;
+mod reasons;
 pub mod reconcile;
-pub mod service_account;
+mod service_account;
 mod startup;
 pub mod unmutated;
 

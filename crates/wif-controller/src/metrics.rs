@@ -29,6 +29,13 @@ pub struct AzureLabels {
     pub status: String,
 }
 
+/// Labels of the per-identity gauges of pools.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The identity as its pool lists it (client id or resource id; bounded by the pools).
+    pub identity: String,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,6 +53,10 @@ pub struct Metrics {
     pub leader: Gauge<i64, AtomicI64>,
     /// Token exchanges made to verify propagation, by result.
     pub verifications: Family<ReconcileLabels, Counter>,
+    /// Credentials on each identity of a pool (ours and foreign).
+    pub identity_credentials: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
+    /// Credentials a pool lets wif place on each of its identities (0 when unusable).
+    pub identity_capacity: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn method_label(method: &str) -> &'static str {
@@ -72,7 +83,19 @@ impl Metrics {
             credentials_owned: Gauge::default(),
             leader: Gauge::default(),
             verifications: Family::default(),
+            identity_credentials: Family::default(),
+            identity_capacity: Family::default(),
         };
+        registry.register(
+            "wif_identity_credentials",
+            "Federated credentials on each identity of a FederatedIdentityPool (ours and foreign)",
+            m.identity_credentials.clone(),
+        );
+        registry.register(
+            "wif_identity_capacity",
+            "Credentials wif may place on each identity of a FederatedIdentityPool",
+            m.identity_capacity.clone(),
+        );
         let r = registry.sub_registry_with_prefix("wif_controller");
         r.register(
             "reconciles",
@@ -154,5 +177,14 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("wif_controller_leader 1"), "{out}");
+        m.identity_credentials
+            .get_or_create(&IdentityLabels { identity: "a".into() })
+            .set(7);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(r#"wif_identity_credentials{identity="a"} 7"#),
+            "{out}"
+        );
     }
 }

@@ -50,6 +50,16 @@ reasons! {
     InvalidResourceId,
     /// Later conditions wait for the identity.
     IdentityNotResolved,
+    /// The binding's credential is placed on an identity of its pool.
+    Placed,
+    /// No identity of the binding's pool has a free slot.
+    PoolFull,
+    /// The binding names a pool that does not exist.
+    PoolNotFound,
+    /// The binding's pool is malformed.
+    InvalidPool,
+    /// The binding moves to another identity of its pool (its identity left the pool).
+    Moving,
     /// The controller could not authenticate to Graph or ARM.
     AuthenticationFailed,
     /// The controller's identity may not do what the binding needs.
@@ -122,6 +132,19 @@ reasons! {
     ServiceAccountAnnotated,
     /// Event: the annotations of a deleted binding were removed.
     ServiceAccountReleased,
+    // --- Pools
+    /// Pool: at least one identity is usable and has a free slot.
+    PoolReady,
+    /// Pool: no identity could be read.
+    NoUsableIdentity,
+    /// Pool: 90 % of its capacity is used.
+    PoolNearlyFull,
+    /// Pool: below 90 % of its capacity.
+    PoolHasRoom,
+    /// Pool identity: bindings may be placed on it.
+    Usable,
+    /// Event: a binding's credential moved to another identity of its pool.
+    PlacementMoved,
 }
 
 impl Reason {

@@ -99,60 +99,47 @@ pub struct Args {
 /// Runs the emulator until `shutdown` completes: prints
 /// `EMULATOR READY {"url":…,"ca":…}` on stdout once it serves.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let Args {
-        listen,
-        state_dir,
-        config,
-        trust_ca,
-        issuer_url,
-    } = args;
-    let config = match config {
-        Some(path) => Config::from_file(&path)?,
-        None => Config::default(),
-    };
-    let mut trust_ca_pems = Vec::new();
-    for path in trust_ca {
-        let pem = std::fs::read_to_string(&path).map_err(|source| Error::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-        tls::parse_pem_certs(&pem).map_err(|message| Error::TrustCa {
-            path: path.clone(),
-            message,
-        })?;
-        trust_ca_pems.push(pem);
-    }
-    let handle = Emulator::start(EmulatorConfig {
-        listen,
-        state_dir,
-        config,
-        trust_ca_pems,
-        issuer_url,
-        system_roots: true,
-        persist_state: true,
-    })
-    .await?;
-    // Written by hand to keep the documented key order: {"url":…,"ca":…}.
-    let ready = format!(
-        r#"{{"url":{},"ca":{}}}"#,
-        serde_json::Value::from(handle.base_url()),
-        serde_json::Value::from(handle.ca_pem_path().to_string_lossy().into_owned())
-    );
-    {
-        let mut stdout = std::io::stdout().lock();
-        // If stdout is gone nobody reads the READY line; keep serving anyway.
-        let _ = writeln!(stdout, "EMULATOR READY {ready}").and_then(|()| stdout.flush());
-    }
+    serve(args, print_ready, shutdown).await
+}
+
+/// Runs the emulator until `shutdown` completes; `ready` is told once it serves (with
+/// `--listen …:0`, [`Handle::local_addr`] is the address it took).
+pub async fn serve(
+    args: Args,
+    ready: impl FnOnce(&Handle),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let handle = Emulator::start(EmulatorConfig::from_args(args)?).await?;
+    ready(&handle);
     shutdown.await;
     handle.shutdown().await;
     Ok(())
 }
 
+/// Prints `EMULATOR READY {"url":…,"ca":…}` on stdout.
+fn print_ready(handle: &Handle) {
+    let mut stdout = std::io::stdout().lock();
+    // If stdout is gone nobody reads the READY line; keep serving anyway.
+    let _ = writeln!(stdout, "EMULATOR READY {}", ready_json(handle)).and_then(|()| stdout.flush());
+}
+
+/// `{"url":…,"ca":…}`, written by hand to keep the documented key order.
+fn ready_json(handle: &Handle) -> String {
+    format!(
+        r#"{{"url":{},"ca":{}}}"#,
+        serde_json::Value::from(handle.base_url()),
+        serde_json::Value::from(handle.ca_pem_path().to_string_lossy().into_owned())
+    )
+}
+
 /// How to start an emulator programmatically.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EmulatorConfig {
     /// Listen address (`127.0.0.1:0` by default).
     pub listen: SocketAddr,
+    /// An already-bound listener to serve on instead of binding `listen` (a caller that must
+    /// know the port before the emulator starts, e.g. for [`EmulatorConfig::issuer_url`]).
+    pub listener: Option<std::net::TcpListener>,
     /// State directory (created if missing).
     pub state_dir: PathBuf,
     /// Seed, settings and faults.
@@ -172,6 +159,7 @@ impl EmulatorConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            listener: None,
             state_dir: state_dir.into(),
             config: Config::default(),
             trust_ca_pems: Vec::new(),
@@ -201,6 +189,51 @@ impl EmulatorConfig {
         self.listen = addr;
         self
     }
+
+    /// Serves on this already-bound listener.
+    #[must_use]
+    pub fn with_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The configuration `wif emulator` runs with: the flags, the `--config` file and the
+    /// `--trust-ca` bundles read and checked.
+    pub fn from_args(args: Args) -> Result<Self> {
+        let Args {
+            listen,
+            state_dir,
+            config,
+            trust_ca,
+            issuer_url,
+        } = args;
+        let config = match config {
+            Some(path) => Config::from_file(&path)?,
+            None => Config::default(),
+        };
+        let mut trust_ca_pems = Vec::new();
+        for path in trust_ca {
+            let pem = std::fs::read_to_string(&path).map_err(|source| Error::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            tls::parse_pem_certs(&pem).map_err(|message| Error::TrustCa {
+                path: path.clone(),
+                message,
+            })?;
+            trust_ca_pems.push(pem);
+        }
+        Ok(Self {
+            listen,
+            listener: None,
+            state_dir,
+            config,
+            trust_ca_pems,
+            issuer_url,
+            system_roots: true,
+            persist_state: true,
+        })
+    }
 }
 
 /// Starts emulators.
@@ -212,6 +245,7 @@ impl Emulator {
     pub async fn start(config: EmulatorConfig) -> Result<Handle> {
         let EmulatorConfig {
             listen,
+            listener,
             state_dir,
             config,
             trust_ca_pems,
@@ -228,9 +262,7 @@ impl Emulator {
         if let Some(url) = &issuer_url {
             check_issuer_url(url)?;
         }
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| Error::Bind { addr: listen, source })?;
+        let listener = bind(listen, listener).await?;
         let local = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr: listen, source })?;
@@ -248,34 +280,8 @@ impl Emulator {
         }
         let tls = tls::load_or_create(&state_dir, &extra_hosts).await?;
         let signing = SigningKey::load_or_generate(&state_dir).await?;
-        let store = Store::open(&state_dir, persist_state).await?;
-        let seed = Seed {
-            tenants: config.tenants.clone(),
-        };
-        store
-            .update(|s| s.apply_seed(&seed, &config.settings).map_err(SeedError::Invalid))
-            .await
-            .map_err(|e| match e {
-                SeedError::Invalid(message) => Error::InvalidConfig(message),
-                SeedError::Persist => Error::WriteFile {
-                    path: state_dir.join("state.json"),
-                    source: std::io::Error::other("failed to persist the seeded state"),
-                },
-            })?;
-
-        let mut outbound_trust = trust_ca_pems;
-        outbound_trust.push(tls.ca_pem.clone());
-        let outbound = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls::client_config(&outbound_trust, system_roots).map_err(
-                |message| Error::TrustCa {
-                    path: PathBuf::from("--trust-ca"),
-                    message,
-                },
-            )?)
-            .user_agent(concat!("wif-emulator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::HttpClient)?;
-
+        let store = seeded_store(&state_dir, &config, persist_state).await?;
+        let outbound = outbound_client(trust_ca_pems, &tls.ca_pem, system_roots)?;
         let app = Arc::new(App::new(
             base_url.clone(),
             store,
@@ -305,6 +311,54 @@ impl Emulator {
             task: Some(task),
         })
     }
+}
+
+/// The listener handed over, else one bound on `listen`.
+async fn bind(listen: SocketAddr, listener: Option<std::net::TcpListener>) -> Result<TcpListener> {
+    let Some(listener) = listener else {
+        return TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Bind { addr: listen, source });
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// The state directory's store with the config's seed applied.
+async fn seeded_store(state_dir: &Path, config: &Config, persist: bool) -> Result<Store> {
+    let store = Store::open(state_dir, persist).await?;
+    let seed = Seed {
+        tenants: config.tenants.clone(),
+    };
+    store
+        .update(|s| s.apply_seed(&seed, &config.settings).map_err(SeedError::Invalid))
+        .await
+        .map_err(|e| match e {
+            SeedError::Invalid(message) => Error::InvalidConfig(message),
+            SeedError::Persist => Error::WriteFile {
+                path: state_dir.join("state.json"),
+                source: std::io::Error::other("failed to persist the seeded state"),
+            },
+        })?;
+    Ok(store)
+}
+
+/// The client the emulator fetches assertion issuers' discovery and JWKS with: trusting the
+/// `--trust-ca` bundles, its own CA and (when `system_roots`) the system's roots.
+fn outbound_client(mut trust: Vec<String>, own_ca_pem: &str, system_roots: bool) -> Result<reqwest::Client> {
+    trust.push(own_ca_pem.to_owned());
+    let tls = tls::client_config(&trust, system_roots).map_err(|message| Error::TrustCa {
+        path: PathBuf::from("--trust-ca"),
+        message,
+    })?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .user_agent(concat!("wif-emulator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(Error::HttpClient)
 }
 
 enum SeedError {

@@ -267,15 +267,10 @@ settings:
     .expect("config");
     let ca = dir.path().join("issuer-ca.pem");
     std::fs::write(&ca, &issuer.ca_pem).expect("ca");
-    // A free port (the READY line would tell it too, but stdout is the test harness's).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
     let args = <Args as clap::Parser>::try_parse_from([
         "emulator",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--state-dir",
         dir.path().join("state").to_str().expect("utf8"),
         "--config",
@@ -284,28 +279,31 @@ settings:
         ca.to_str().expect("utf8"),
     ])
     .expect("args parse");
+    // `run` prints the READY line on stdout (the test harness's); `serve`, which `run` calls,
+    // reports the handle instead: the port it bound.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(wif_emulator::run(args, async {
-        let _ = rx.await;
-    }));
-
-    let ca_path = dir.path().join("state").join("ca.pem");
-    let mut http = None;
-    for _ in 0..200 {
-        if let Ok(pem) = std::fs::read_to_string(&ca_path) {
-            let client = wif_emulator::http_client_trusting(&pem).expect("client");
-            let health = client
-                .get(format!("https://127.0.0.1:{port}/admin/health"))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                http = Some(client);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let http = http.expect("emulator became ready");
+    let task = tokio::spawn(wif_emulator::serve(
+        args,
+        move |handle| {
+            let _ = ready_tx.send((handle.local_addr(), handle.ca_pem().to_owned()));
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let (addr, ca_pem) = tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("emulator became ready")
+        .expect("ready reported");
+    let port = addr.port();
+    let http = wif_emulator::http_client_trusting(&ca_pem).expect("client");
+    let health = http
+        .get(format!("https://127.0.0.1:{port}/admin/health"))
+        .send()
+        .await
+        .expect("health");
+    assert!(health.status().is_success());
     let response = http
         .post(format!("https://127.0.0.1:{port}/{TENANT}/oauth2/v2.0/token"))
         .form(&[
@@ -368,12 +366,13 @@ async fn run_refuses_bad_inputs() {
 async fn issuer_url_override_is_advertised_and_in_the_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     preseed_key(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut config = EmulatorConfig::new(dir.path()).with_config(seed_config("https://unused"));
-    config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    // The issuer URL names the port, so the port is known first: the test binds the listener and
+    // hands it over (nothing else can take the port in between).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut config = EmulatorConfig::new(dir.path())
+        .with_config(seed_config("https://unused"))
+        .with_listener(listener);
     config.issuer_url = Some(format!("https://localhost:{port}/").parse().expect("url"));
     let handle = Emulator::start(config).await.expect("starts");
     assert_eq!(handle.base_url(), format!("https://localhost:{port}"));

@@ -14,10 +14,10 @@ pub mod run;
 pub mod selfcert;
 pub mod server;
 pub mod service_accounts;
-pub mod skips;
+mod skips;
 pub mod tls;
-pub mod validate;
-pub mod view;
+mod validate;
+mod view;
 
 pub use mutate::{ContainerKind, Denial, Edit, Mutation, mutate, mutate_view};
 pub use view::{MetaView, PodView};

@@ -1,8 +1,10 @@
-//! The validating endpoint for `FederatedIdentityBinding`s and `FederatedIdentityPolicy`s.
+//! The validating endpoint for `FederatedIdentityBinding`s, `FederatedIdentityPolicy`s and
+//! `FederatedIdentityPool`s.
 //!
 //! A binding is refused at `kubectl apply` when no `FederatedIdentityPolicy` grants its identity
 //! to its namespace (default deny), or when its identity is malformed; the message names the
-//! policy gap. A policy is refused when it is malformed. The decisions are pure functions
+//! policy gap (a binding naming a pool needs a policy granting the pool by name). A policy or a
+//! pool (empty, capacity outside 1-20, an identity listed twice) is refused when it is malformed. The decisions are pure functions
 //! ([`validate_binding`], [`validate_policy`]); the HTTP layer decodes the review, reads the
 //! policy and namespace caches and answers. The controller re-checks every binding, so a stale
 //! cache here can delay a grant, never widen one.
@@ -33,7 +35,7 @@ use kube::{
     },
     runtime::{
         WatchStreamExt,
-        reflector::{self, ObjectRef, Store, store::Writer},
+        reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
 };
@@ -114,7 +116,12 @@ impl PolicyCache {
     }
 
     /// A cache holding exactly these policies and namespaces (tests).
-    pub fn fixed(policies: Vec<FederatedIdentityPolicy>, namespaces: &[(&str, &[(&str, &str)])]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn fixed(
+        policies: Vec<FederatedIdentityPolicy>,
+        namespaces: &[(&str, &[(&str, &str)])],
+    ) -> Self {
+        use kube::runtime::reflector::store::Writer;
         let mut pw: Writer<FederatedIdentityPolicy> = Writer::default();
         for p in policies {
             pw.apply_watcher_event(&watcher::Event::Apply(p));
@@ -189,6 +196,7 @@ pub fn validate_policy(policy: &FederatedIdentityPolicy) -> Result<Vec<String>, 
     let mut warnings = Vec::new();
     if policy.spec.applications.iter().any(|a| a == "*")
         || policy.spec.user_assigned_identities.iter().any(|a| a == "*")
+        || policy.spec.pools.iter().any(|a| a == "*")
     {
         warnings.push("this policy grants every identity ('*') to the namespaces it selects".to_owned());
     }
@@ -209,6 +217,16 @@ pub fn validate_policy(policy: &FederatedIdentityPolicy) -> Result<Vec<String>, 
     }
     if problems.is_empty() {
         Ok(warnings)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Decides on a pool: `Err` lists every problem, each naming its field.
+pub fn validate_pool(pool: &wif_api::FederatedIdentityPool) -> Result<Vec<String>, String> {
+    let problems = wif_api::pool::validate_pool(&pool.spec);
+    if problems.is_empty() {
+        Ok(Vec::new())
     } else {
         Err(problems.join("; "))
     }
@@ -307,15 +325,19 @@ pub async fn review(state: &ValidationState, body: &[u8]) -> Response {
             Err(e) => Err(format!("not a valid FederatedIdentityPolicy: {e}")),
             Ok(policy) => validate_policy(&policy),
         },
+        "FederatedIdentityPool" => match serde_json::from_value::<wif_api::FederatedIdentityPool>(value) {
+            Err(e) => Err(format!("not a valid FederatedIdentityPool: {e}")),
+            Ok(pool) => validate_pool(&pool),
+        },
         other => Err(format!(
-            "this endpoint validates FederatedIdentityBindings and FederatedIdentityPolicies, not {other}"
+            "this endpoint validates FederatedIdentityBindings, FederatedIdentityPolicies and FederatedIdentityPools, not {other}"
         )),
     };
     answer(verdict(&request, decision))
 }
 
-/// `POST` routes for [`wif_api::VALIDATE_BINDING_PATH`] and [`wif_api::VALIDATE_POLICY_PATH`]
-/// (both accept either kind), reading at most `max_body` bytes.
+/// `POST` routes for [`wif_api::VALIDATE_BINDING_PATH`], [`wif_api::VALIDATE_POLICY_PATH`] and
+/// [`wif_api::VALIDATE_POOL_PATH`] (each accepts any of the kinds), reading at most `max_body` bytes.
 pub fn router(state: ValidationState, max_body: usize) -> Router {
     let handler = move |State(state): State<ValidationState>, req: Request<Body>| async move {
         match axum::body::to_bytes(req.into_body(), max_body).await {
@@ -330,6 +352,7 @@ pub fn router(state: ValidationState, max_body: usize) -> Router {
     Router::new()
         .route(wif_api::VALIDATE_BINDING_PATH, post(handler))
         .route(wif_api::VALIDATE_POLICY_PATH, post(handler))
+        .route(wif_api::VALIDATE_POOL_PATH, post(handler))
         .with_state(state)
 }
 
@@ -360,6 +383,7 @@ mod tests {
                 },
                 applications: apps.iter().map(|s| (*s).into()).collect(),
                 user_assigned_identities: uamis.iter().map(|s| (*s).into()).collect(),
+                pools: vec!["shared".into()],
             },
         }
     }
@@ -388,6 +412,12 @@ mod tests {
         Some("malformed resource id"))]
     #[case::both(json!({"application": {"clientId": APP}, "userAssignedIdentity": {"resourceId": UAMI}}), "pay",
         Some("exactly one"))]
+    #[case::granted_pool(json!({"pool": {"name": "shared"}}), "pay", None)]
+    #[case::ungranted_pool(json!({"pool": {"name": "other"}}), "pay",
+        Some("policies selecting this namespace (grant) do not list it in spec.pools"))]
+    #[case::pool_in_other_namespace(json!({"pool": {"name": "shared"}}), "dev", Some("no FederatedIdentityPolicy grants pool shared"))]
+    #[case::pool_and_app(json!({"pool": {"name": "shared"}, "application": {"clientId": APP}}), "pay",
+        Some("exactly one"))]
     fn binding_decisions(#[case] identity: Value, #[case] team: &str, #[case] refused: Option<&str>) {
         let p = policy("grant", "pay", &[APP], &[UAMI]);
         let decision = validate_binding(&binding(identity), "payments", &labels(team), &[&p]);
@@ -396,6 +426,33 @@ mod tests {
             (Err(message), Some(needle)) => assert!(message.contains(needle), "{message}"),
             (d, want) => panic!("got {d:?}, wanted refusal {want:?}"),
         }
+    }
+
+    #[test]
+    fn pool_decisions_name_the_field() {
+        let pool = |v: Value| -> wif_api::FederatedIdentityPool {
+            serde_json::from_value(json!({
+                "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPool",
+                "metadata": {"name": "shared"}, "spec": v
+            }))
+            .unwrap()
+        };
+        assert!(validate_pool(&pool(json!({"identities": [{"application": {"clientId": APP}}]}))).is_ok());
+        let dup = validate_pool(&pool(json!({"identities": [
+            {"application": {"clientId": APP}}, {"application": {"clientId": APP.to_uppercase()}}
+        ]})))
+        .unwrap_err();
+        assert!(
+            dup.contains("spec.identities[1] lists the same identity"),
+            "{dup}"
+        );
+        let cap = validate_pool(&pool(
+            json!({"identities": [{"application": {"clientId": APP}}], "capacityPerIdentity": 21}),
+        ))
+        .unwrap_err();
+        assert!(cap.contains("spec.capacityPerIdentity"), "{cap}");
+        let empty = validate_pool(&pool(json!({"identities": []}))).unwrap_err();
+        assert!(empty.contains("spec.identities"), "{empty}");
     }
 
     #[test]

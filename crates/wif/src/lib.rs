@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
-pub mod doctor;
+mod doctor;
 mod logging;
 
 /// Entra workload identity for Kubernetes.
@@ -29,7 +29,7 @@ enum Command {
     #[cfg(feature = "emulator")]
     Emulator(Box<wif_emulator::Args>),
     /// Check, one line per step, why a pod or ServiceAccount does (not) get Entra tokens.
-    Doctor(Box<cmd::doctor::DoctorArgs>),
+    Doctor(Box<doctor::DoctorArgs>),
     /// Run the FederatedIdentityBinding controller (Graph and ARM federated credentials).
     Controller(Box<cmd::controller::ControllerArgs>),
     /// Print the CustomResourceDefinitions (YAML), e.g. `wif crd | kubectl apply -f -`.
@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
         Command::Mutate(args) => cmd::mutate::run(args),
         Command::Controller(args) => cmd::run_async(cmd::controller::run(*args)),
         Command::Crd(args) => cmd::crd::run(args),
-        Command::Doctor(args) => cmd::doctor::run(*args),
+        Command::Doctor(args) => doctor::run(*args),
         Command::Webhook(args) => cmd::run_async(cmd::webhook::run(*args)),
         Command::Token(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -6,7 +6,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One JSON object per line (for log collectors).
     #[default]
     Json,
@@ -14,8 +14,26 @@ pub enum LogFormat {
     Text,
 }
 
+/// Logging flags of the long-running subcommands.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogArgs {
+    /// Log filter (e.g. info, debug, wif_webhook=debug, wif_controller=debug).
+    #[arg(long, env = "WIF_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "WIF_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber these flags describe.
+    pub(crate) fn init(&self) {
+        init(&self.log_level, self.log_format);
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` wins over `level` when set.
-pub fn init(level: &str, format: LogFormat) {
+pub(crate) fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {

@@ -11,6 +11,7 @@ mod helm;
 mod http2;
 mod identities;
 mod node;
+mod pool;
 mod token;
 mod unmutated;
 mod webhook;

@@ -101,12 +101,14 @@ async fn write(
     }
 }
 
-/// Lists (or reuses the identity's fresh list), plans and writes.
+/// Lists (or reuses the identity's fresh list), plans and writes; a create is refused when the
+/// identity already holds `limit` credentials (or the configured maximum).
 pub(super) async fn sync(
     ctx: &Context,
     b: &FederatedIdentityBinding,
     parent: &Parent,
     desired: &CredentialSpec,
+    limit: usize,
     events: &mut Vec<Note>,
 ) -> Result<(FederatedCredential, Synced), Failure> {
     let on = parent.display();
@@ -124,7 +126,7 @@ pub(super) async fn sync(
         }
     };
     let ours = target::ownership(&ctx.settings, b, parent, &[]);
-    let plan = plan::plan(desired, &observed, &ours, ctx.settings.max_credentials);
+    let plan = plan::plan(desired, &observed, &ours, limit.min(ctx.settings.max_credentials));
     if let Some(blocked) = plan.blocked {
         return Err(verdict::blocked(blocked, &on, desired));
     }

@@ -5,7 +5,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 use wif_api::FederatedIdentityBinding;
 
 use super::{
-    act, key_of,
+    act, key_of, pooled,
     status::{self, Note, Report},
     target::{self, Target},
     verdict::{self, Failure, Verdict},
@@ -74,6 +74,9 @@ impl<'a> Apply<'a> {
         if let Err(f) = self.permitted(&target).await {
             return Verdict::Failed(f);
         }
+        if let Target::Pool(pool) = &target {
+            return self.evaluate_pooled(pool).await;
+        }
         let resolved = match self.resolve(&target).await {
             Ok(r) => r,
             Err(f) => return Verdict::Failed(f),
@@ -82,7 +85,8 @@ impl<'a> Apply<'a> {
             return Verdict::Failed(f);
         }
         let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
-        let (credential_ok, wrote) = self.sync(&resolved, &desired).await;
+        let limit = self.ctx.settings.max_credentials;
+        let (credential_ok, wrote) = self.sync(&resolved, &desired, limit).await;
         let sa_exists = self.service_account(&resolved, credential_ok).await;
         if credential_ok {
             self.report.obs.propagated = self.propagation(&resolved, &desired, wrote, sa_exists).await;
@@ -93,6 +97,123 @@ impl<'a> Apply<'a> {
             );
         }
         verdict::conclude(&self.report.obs, resolved.parent.key())
+    }
+
+    /// A binding naming a pool: placed (the placement recorded before any write), synced on
+    /// the chosen identity, then, when it moves, the ServiceAccount keeps the previous identity
+    /// until the new credential is propagated, and the previous credential goes last.
+    async fn evaluate_pooled(&mut self, pool: &str) -> Verdict {
+        let placed = match pooled::place(self.ctx, self.b, pool, &self.report.old).await {
+            Ok(p) => p,
+            Err(f) => {
+                self.report.obs.identity = Check::fail(f.reason, f.message.clone());
+                verdict::blocked_from(
+                    &mut self.report.obs,
+                    1,
+                    Reason::IdentityNotResolved,
+                    "the binding is not placed on an identity of its pool",
+                );
+                return Verdict::Failed(f);
+            }
+        };
+        let resolved = placed.resolved.clone();
+        self.report.obs.identity = Check::ok(
+            Reason::Placed,
+            format!(
+                "placed on {} (client id {}) of pool {pool}",
+                placed.placement.identity, resolved.client_id
+            ),
+        );
+        self.report.client_id = Some(resolved.client_id.clone());
+        self.report.tenant_id = Some(resolved.tenant_id.clone());
+        self.report.placement = Some(placed.placement.clone());
+        let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
+        let (credential_ok, wrote) = self.sync(&resolved, &desired, placed.capacity).await;
+        // Written (or refused): the identity's list now counts it.
+        if let Some((parent_key, name)) = &placed.reservation {
+            self.ctx.directory.release(parent_key, name);
+        }
+        let previous = pooled::previous_parent(&placed.placement, &self.ctx.settings.default_tenant);
+        let Some(previous) = previous else {
+            let sa_exists = self.service_account(&resolved, credential_ok).await;
+            self.report.obs.propagated = if credential_ok {
+                self.propagation(&resolved, &desired, wrote, sa_exists).await
+            } else {
+                Check::unknown(
+                    Reason::AwaitingCredential,
+                    "not evaluated: the credential is not synced",
+                )
+            };
+            return verdict::conclude(&self.report.obs, resolved.parent.key());
+        };
+        self.move_to(&resolved, &desired, &previous, credential_ok, wrote)
+            .await;
+        verdict::conclude(&self.report.obs, resolved.parent.key())
+    }
+
+    /// Moving from `previous`: the new credential must be propagated before the ServiceAccount
+    /// switches, and the old credential is deleted last.
+    async fn move_to(
+        &mut self,
+        resolved: &ResolvedIdentity,
+        desired: &CredentialSpec,
+        previous: &crate::azure::Parent,
+        credential_ok: bool,
+        wrote: bool,
+    ) {
+        let (ns, sa_name) = (self.ns.clone(), self.b.spec.service_account_name.clone());
+        let waiting = |why: &str| {
+            Check::unknown(
+                Reason::Moving,
+                format!(
+                    "moving to {}: ServiceAccount {ns}/{sa_name} keeps the previous identity until {why}",
+                    resolved.parent.display()
+                ),
+            )
+        };
+        if !credential_ok {
+            self.report.obs.service_account = waiting("the new credential is synced");
+            self.report.obs.propagated = Check::unknown(
+                Reason::AwaitingCredential,
+                "not evaluated: the credential is not synced",
+            );
+            return;
+        }
+        let sa_exists = self.ctx.stores.service_account(&ns, &sa_name).is_some();
+        let propagated = self.propagation(resolved, desired, wrote, sa_exists).await;
+        let ready = propagated.state == crate::conditions::State::True;
+        self.report.obs.propagated = propagated;
+        if !ready {
+            self.report.obs.service_account = waiting("the new credential is propagated");
+            return;
+        }
+        self.service_account(resolved, true).await;
+        if self.report.obs.service_account.state != crate::conditions::State::True {
+            return;
+        }
+        match act::remove_ours(self.ctx, self.b, previous, None, &mut self.report.events).await {
+            Ok(_) => {
+                if let Some(p) = self.report.placement.as_mut() {
+                    p.previous = None;
+                    p.previous_tenant_id = None;
+                }
+                self.report.events.push(Note::normal(
+                    Reason::PlacementMoved,
+                    format!(
+                        "moved to {} (client id {}); the credential on {} is deleted",
+                        resolved.parent.display(),
+                        resolved.client_id,
+                        previous.display()
+                    ),
+                ));
+            }
+            Err(f) => {
+                self.report.obs.credential = Check::fail(
+                    f.reason,
+                    format!("deleting the credential on the previous identity: {}", f.message),
+                );
+            }
+        }
     }
 
     fn invalid_spec(&mut self, message: String) -> Verdict {
@@ -188,13 +309,19 @@ impl<'a> Apply<'a> {
     }
 
     /// Syncs the credential; whether it is in place, and whether anything was written.
-    async fn sync(&mut self, resolved: &ResolvedIdentity, desired: &CredentialSpec) -> (bool, bool) {
+    async fn sync(
+        &mut self,
+        resolved: &ResolvedIdentity,
+        desired: &CredentialSpec,
+        limit: usize,
+    ) -> (bool, bool) {
         let before = self.report.events.len();
         let synced = act::sync(
             self.ctx,
             self.b,
             &resolved.parent,
             desired,
+            limit,
             &mut self.report.events,
         )
         .await;

@@ -74,6 +74,15 @@ async fn parents(
     let Ok(spec_target) = Target::from_spec(&b.spec.identity) else {
         return Ok(parents);
     };
+    if matches!(spec_target, Target::Pool(_)) {
+        for (p, d) in super::pooled::parents(ctx, b, status).await {
+            match parents.iter_mut().find(|(q, _)| q.key() == p.key()) {
+                Some(entry) => entry.1 = entry.1.take().or(d),
+                None => parents.push((p, d)),
+            }
+        }
+        return Ok(parents);
+    }
     let tenant = target::tenant(b, &ctx.settings);
     match target::resolve(ctx, &spec_target, &tenant).await {
         Ok(r) => {

@@ -23,7 +23,7 @@ use kube::{
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 use wif_emulator::{
     AdminClient, ApplicationSeed, CredentialSeed, Emulator, EmulatorConfig, Handle, Seed, TenantSeed,
 };
@@ -40,6 +40,8 @@ use crate::{
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const CONTROLLER: &str = "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
 pub const APP: &str = "5e3ce6c0-2b1f-4285-8d4b-75ee78787346";
+/// A second application, for pools.
+pub const APP2: &str = "6f4df7d1-3c20-4396-9e5c-86ff89898457";
 pub const ISSUER: &str = "https://issuer.example/cluster/";
 pub const CLUSTER: &str = "c1";
 pub const NS: &str = "payments";
@@ -151,6 +153,9 @@ pub struct World {
     pub policies: Vec<FederatedIdentityPolicy>,
     pub service_accounts: Vec<PartialObjectMeta<ServiceAccount>>,
     pub credentials: Vec<CredentialSeed>,
+    /// Credentials on `APP2`.
+    pub credentials2: Vec<CredentialSeed>,
+    pub pools: Vec<FederatedIdentityPool>,
 }
 
 impl World {
@@ -159,7 +164,7 @@ impl World {
         Self {
             policies: vec![policy(APP)],
             service_accounts: vec![service_account(NS, SA)],
-            credentials: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -169,6 +174,7 @@ impl World {
 pub struct Harness {
     pub ctx: Arc<Context>,
     pub api: ApiServer,
+    pools: Writer<FederatedIdentityPool>,
     _emulator: Handle,
     server: JoinHandle<()>,
     _state_dir: tempfile::TempDir,
@@ -231,7 +237,10 @@ impl Harness {
             .await
             .expect("the emulator starts");
         let admin = emulator.admin().clone();
-        admin.seed(&seed(world.credentials)).await.expect("seeded");
+        admin
+            .seed(&seed(world.credentials, world.credentials2))
+            .await
+            .expect("seeded");
         let http = crate::azure::http_client(
             &[("emulator".into(), emulator.ca_pem().as_bytes().to_vec())],
             Duration::from_secs(5),
@@ -272,9 +281,16 @@ impl Harness {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}
         }))
         .expect("a namespace");
+        let mut pools = Writer::default();
+        pools.apply_watcher_event(&watcher::Event::Init);
+        for p in world.pools {
+            pools.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        pools.apply_watcher_event(&watcher::Event::InitDone);
         let stores = Stores {
             bindings: filled(vec![binding.clone()]),
             policies: filled(world.policies),
+            pools: pools.as_reader(),
             namespaces: filled(vec![namespace]),
             service_accounts: filled(world.service_accounts),
         };
@@ -297,25 +313,36 @@ impl Harness {
         Self {
             ctx: Arc::new(ctx),
             api,
+            pools,
             _emulator: emulator,
             server,
             _state_dir: state_dir,
         }
     }
 
+    /// Replaces a pool in the watch cache (as a watch event would).
+    pub fn set_pool(&mut self, pool: FederatedIdentityPool) {
+        self.pools.apply_watcher_event(&watcher::Event::Apply(pool));
+    }
+
     /// The application `APP` as a parent of credentials.
     pub async fn app_parent(&self) -> Parent {
+        self.parent_of(APP).await
+    }
+
+    /// An application as a parent of credentials.
+    pub async fn parent_of(&self, client_id: &str) -> Parent {
         let app = self
             .ctx
             .azure
             .graph
-            .find_application(TENANT, APP)
+            .find_application(TENANT, client_id)
             .await
             .expect("Graph answers")
             .expect("the app exists");
         Parent::Application {
             tenant: TENANT.into(),
-            client_id: APP.into(),
+            client_id: client_id.into(),
             object_id: app.object_id,
         }
     }
@@ -337,7 +364,7 @@ fn settings() -> Settings {
     }
 }
 
-fn seed(credentials: Vec<CredentialSeed>) -> Seed {
+fn seed(credentials: Vec<CredentialSeed>, credentials2: Vec<CredentialSeed>) -> Seed {
     Seed {
         tenants: vec![TenantSeed {
             id: TENANT.into(),
@@ -351,6 +378,12 @@ fn seed(credentials: Vec<CredentialSeed>) -> Seed {
                     display_name: "api".into(),
                     app_id: Some(APP.into()),
                     federated_identity_credentials: credentials,
+                    ..ApplicationSeed::default()
+                },
+                ApplicationSeed {
+                    display_name: "api2".into(),
+                    app_id: Some(APP2.into()),
+                    federated_identity_credentials: credentials2,
                     ..ApplicationSeed::default()
                 },
             ],
@@ -368,6 +401,43 @@ pub fn binding(name: &str, client_id: &str) -> FederatedIdentityBinding {
         "spec": {"serviceAccountName": SA, "identity": {"application": {"clientId": client_id}}}
     }))
     .expect("a binding")
+}
+
+/// A binding of ServiceAccount `NS/SA` to the pool `pool`.
+pub fn pool_binding(name: &str, pool: &str) -> FederatedIdentityBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "azure.workload.identity/v1alpha1",
+        "kind": "FederatedIdentityBinding",
+        "metadata": {"name": name, "namespace": NS, "uid": "u-1", "generation": 1, "resourceVersion": "1"},
+        "spec": {"serviceAccountName": SA, "identity": {"pool": {"name": pool}}}
+    }))
+    .expect("a binding")
+}
+
+/// A pool of applications.
+pub fn pool(name: &str, client_ids: &[&str], capacity: u32) -> FederatedIdentityPool {
+    let identities: Vec<Value> = client_ids
+        .iter()
+        .map(|c| json!({"application": {"clientId": c}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "azure.workload.identity/v1alpha1",
+        "kind": "FederatedIdentityPool",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"identities": identities, "capacityPerIdentity": capacity}
+    }))
+    .expect("a pool")
+}
+
+/// A policy granting pool `name` to every namespace.
+pub fn pool_policy(name: &str) -> FederatedIdentityPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "azure.workload.identity/v1alpha1",
+        "kind": "FederatedIdentityPolicy",
+        "metadata": {"name": "pools"},
+        "spec": {"namespaceSelector": {}, "pools": [name]}
+    }))
+    .expect("a policy")
 }
 
 /// `b` with the finalizer (as after its first reconcile).

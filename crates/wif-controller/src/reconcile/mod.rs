@@ -25,12 +25,15 @@
 mod act;
 mod apply;
 mod cleanup;
+pub(crate) mod pooled;
 pub mod status;
 pub mod target;
 pub mod verdict;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;
 

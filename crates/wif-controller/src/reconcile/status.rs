@@ -63,6 +63,8 @@ pub struct Report {
     pub client_id: Option<String>,
     /// The resolved tenant.
     pub tenant_id: Option<String>,
+    /// Where a pool binding is placed.
+    pub placement: Option<wif_api::PlacementStatus>,
     /// Events of what was written.
     pub events: Vec<Note>,
 }
@@ -74,6 +76,7 @@ impl Report {
             credential: old.credential.clone(),
             client_id: old.client_id.clone(),
             tenant_id: old.tenant_id.clone(),
+            placement: old.placement.clone(),
             old,
             obs: Observations::unknown(Reason::NotEvaluated, "not evaluated yet"),
             events: Vec::new(),
@@ -111,6 +114,7 @@ pub fn conditions_and_notes(
         credential: report.credential,
         client_id: report.client_id,
         tenant_id: report.tenant_id,
+        placement: report.placement,
         conditions,
     };
     (status, notes)

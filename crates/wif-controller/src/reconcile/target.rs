@@ -25,6 +25,8 @@ pub enum Target {
     Application(String),
     /// A user-assigned identity by resource id (not parsed yet).
     UserAssignedIdentity(String),
+    /// A pool by name: placed on one of its identities.
+    Pool(String),
 }
 
 impl Target {
@@ -36,6 +38,7 @@ impl Target {
             RequestedIdentity::UserAssignedIdentity { resource_id } => {
                 Self::UserAssignedIdentity(resource_id.to_owned())
             }
+            RequestedIdentity::Pool { name } => Self::Pool(name.to_owned()),
         })
     }
 
@@ -46,6 +49,7 @@ impl Target {
             Self::UserAssignedIdentity(resource_id) => {
                 RequestedIdentity::UserAssignedIdentity { resource_id }
             }
+            Self::Pool(name) => RequestedIdentity::Pool { name },
         }
     }
 
@@ -54,6 +58,7 @@ impl Target {
         match self {
             Self::Application(c) => format!("application {c}"),
             Self::UserAssignedIdentity(r) => format!("user-assigned identity {r}"),
+            Self::Pool(name) => format!("pool {name}"),
         }
     }
 
@@ -64,6 +69,7 @@ impl Target {
             Self::UserAssignedIdentity(r) => {
                 format!("uami/{}/{}", tenant.to_ascii_lowercase(), r.to_ascii_lowercase())
             }
+            Self::Pool(name) => format!("pool/{name}"),
         }
     }
 }
@@ -156,6 +162,13 @@ pub(super) async fn resolve(
     let resolved = match target {
         Target::Application(client_id) => resolve_application(ctx, client_id, tenant).await?,
         Target::UserAssignedIdentity(resource_id) => resolve_identity(ctx, resource_id, tenant).await?,
+        // A pool is placed (see `pooled`), never resolved as one identity.
+        Target::Pool(name) => {
+            return Err(Failure::new(
+                Reason::InvalidPool,
+                format!("pool {name} names no single identity"),
+            ));
+        }
     };
     ctx.directory.remember(cache_key, resolved.clone());
     Ok(resolved)

@@ -4,34 +4,41 @@ use std::{io::Write, process::ExitCode};
 
 use clap::{Args, ValueEnum};
 use kube::CustomResourceExt;
-use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 
 /// Which CRDs to print.
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum Which {
-    /// Both.
+pub(crate) enum Which {
+    /// All of them.
     #[default]
     All,
     /// `FederatedIdentityBinding`.
     Binding,
     /// `FederatedIdentityPolicy`.
     Policy,
+    /// `FederatedIdentityPool`.
+    Pool,
 }
 
 /// Flags of `wif crd`.
 #[derive(Debug, Args)]
-pub struct CrdArgs {
+pub(crate) struct CrdArgs {
     /// Which CRDs to print.
     #[arg(long, value_enum, default_value = "all")]
     only: Which,
 }
 
 /// The YAML documents, `---`-separated.
-pub fn render(which: Which) -> Result<String, String> {
+pub(crate) fn render(which: Which) -> Result<String, String> {
     let crds = match which {
-        Which::All => vec![FederatedIdentityBinding::crd(), FederatedIdentityPolicy::crd()],
+        Which::All => vec![
+            FederatedIdentityBinding::crd(),
+            FederatedIdentityPolicy::crd(),
+            FederatedIdentityPool::crd(),
+        ],
         Which::Binding => vec![FederatedIdentityBinding::crd()],
         Which::Policy => vec![FederatedIdentityPolicy::crd()],
+        Which::Pool => vec![FederatedIdentityPool::crd()],
     };
     let mut out = String::new();
     for crd in crds {
@@ -46,7 +53,7 @@ pub fn render(which: Which) -> Result<String, String> {
 }
 
 /// Prints the CRDs.
-pub fn run(args: CrdArgs) -> ExitCode {
+pub(crate) fn run(args: CrdArgs) -> ExitCode {
     match render(args.only) {
         Ok(yaml) => {
             let mut stdout = std::io::stdout().lock();
@@ -71,9 +78,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_both_crds_as_yaml_that_parses_back() {
+    fn renders_every_crd_as_yaml_that_parses_back() {
         let yaml = render(Which::All).unwrap();
-        assert_eq!(yaml.matches("---\n").count(), 2);
+        assert_eq!(yaml.matches("---\n").count(), 3);
+        assert!(yaml.contains("federatedidentitypools.azure.workload.identity"));
         assert!(yaml.contains("federatedidentitybindings.azure.workload.identity"));
         assert!(yaml.contains("federatedidentitypolicies.azure.workload.identity"));
         for doc in yaml.split("---\n").filter(|d| !d.trim().is_empty()) {

@@ -2,16 +2,14 @@
 
 use std::{future::Future, process::ExitCode};
 
-pub mod controller;
-pub mod crd;
-pub mod doctor;
-pub mod doctor_unmutated;
-pub mod mutate;
-pub mod unmutated;
-pub mod webhook;
+pub(crate) mod controller;
+pub(crate) mod crd;
+pub(crate) mod mutate;
+pub(crate) mod unmutated;
+pub(crate) mod webhook;
 
 /// Runs an async subcommand on a multi-threaded runtime and maps its error to exit code 1.
-pub fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+pub(crate) fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
@@ -31,7 +29,7 @@ pub fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
 
 /// What a long-running subcommand starts from: the Kubernetes client (kubeconfig or in-cluster)
 /// and a token cancelled when SIGTERM or SIGINT arrives.
-pub async fn client_and_stop() -> anyhow::Result<(kube::Client, tokio_util::sync::CancellationToken)> {
+pub(crate) async fn client_and_stop() -> anyhow::Result<(kube::Client, tokio_util::sync::CancellationToken)> {
     use anyhow::Context as _;
     let client = kube::Client::try_default()
         .await
@@ -47,7 +45,7 @@ pub async fn client_and_stop() -> anyhow::Result<(kube::Client, tokio_util::sync
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

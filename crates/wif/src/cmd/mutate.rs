@@ -10,7 +10,7 @@ use wif_api::{AuthorityHost, MutationConfig};
 
 /// Output format of `wif mutate`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// The mutated pod as YAML.
     Yaml,
     /// The mutated pod as JSON.
@@ -21,7 +21,7 @@ pub enum Output {
 
 /// Flags of `wif mutate`.
 #[derive(Debug, Args)]
-pub struct MutateArgs {
+pub(crate) struct MutateArgs {
     /// Pod manifest, YAML or JSON (`-` for stdin).
     #[arg(long)]
     pod: PathBuf,
@@ -47,7 +47,7 @@ pub struct MutateArgs {
 }
 
 /// Prints the mutated pod (or patch); warnings to stderr; a refusal exits 1.
-pub fn run(args: MutateArgs) -> ExitCode {
+pub(crate) fn run(args: MutateArgs) -> ExitCode {
     match mutate(args) {
         Ok(code) => code,
         Err(error) => {

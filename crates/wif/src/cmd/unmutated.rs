@@ -7,7 +7,7 @@ use wif_controller::unmutated::UnmutatedConfig;
 
 /// Flags of the unmutated-pod reconciler.
 #[derive(Debug, Args)]
-pub struct UnmutatedArgs {
+pub(crate) struct UnmutatedArgs {
     /// Watch pods labelled azure.workload.identity/use=true and report those the webhook did not
     /// mutate (Event NotMutated, gauge wif_unmutated_pods).
     #[arg(long, env = "WIF_UNMUTATED_PODS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -30,7 +30,7 @@ pub struct UnmutatedArgs {
 
 impl UnmutatedArgs {
     /// The reconciler's settings.
-    pub fn config(&self) -> UnmutatedConfig {
+    pub(crate) fn config(&self) -> UnmutatedConfig {
         UnmutatedConfig {
             enabled: self.unmutated_pods,
             recycle: self.recycle_unmutated,

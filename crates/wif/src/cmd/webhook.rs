@@ -11,11 +11,11 @@ use wif_webhook::{
     server::Limits,
 };
 
-use crate::logging::{self, LogFormat};
+use crate::logging::LogArgs;
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CertMode {
+pub(crate) enum CertMode {
     /// `--tls-cert-file` and `--tls-key-file`, reloaded when they change (also cert-manager or
     /// an existing Secret mounted as files).
     Files,
@@ -26,7 +26,29 @@ pub enum CertMode {
 
 /// Flags of `wif webhook`.
 #[derive(Debug, Args)]
-pub struct WebhookArgs {
+pub(crate) struct WebhookArgs {
+    #[command(flatten)]
+    mutation: MutationArgs,
+    /// HTTPS address of the admission endpoint.
+    #[arg(long, env = "WIF_LISTEN", default_value = "0.0.0.0:9443")]
+    listen: SocketAddr,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "WIF_ADMIN_LISTEN", default_value = "0.0.0.0:9440")]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    certs: CertArgs,
+    #[command(flatten)]
+    limits: LimitsArgs,
+    /// Timeout of the API read made when a ServiceAccount is not cached yet.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    miss_timeout: Duration,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// What the webhook injects.
+#[derive(Debug, Args)]
+struct MutationArgs {
     /// Tenant used when a ServiceAccount has no tenant-id annotation.
     #[arg(long, env = "AZURE_TENANT_ID")]
     tenant_id: String,
@@ -37,12 +59,11 @@ pub struct WebhookArgs {
     /// Audience of the projected token.
     #[arg(long, env = "WIF_AUDIENCE", default_value = wif_api::DEFAULT_AUDIENCE)]
     audience: String,
-    /// HTTPS address of the admission endpoint.
-    #[arg(long, env = "WIF_LISTEN", default_value = "0.0.0.0:9443")]
-    listen: SocketAddr,
-    /// Plain-HTTP address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "WIF_ADMIN_LISTEN", default_value = "0.0.0.0:9440")]
-    admin_listen: SocketAddr,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Args)]
+struct CertArgs {
     /// Certificate mode.
     #[arg(long, env = "WIF_CERT_MODE", value_enum, default_value = "files")]
     cert_mode: CertMode,
@@ -76,6 +97,11 @@ pub struct WebhookArgs {
         default_value = "wif-webhook"
     )]
     webhook_config: Vec<String>,
+}
+
+/// How much the server takes on, and for how long.
+#[derive(Debug, Args)]
+struct LimitsArgs {
     /// Largest admission request accepted, bytes.
     #[arg(long, env = "WIF_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -103,97 +129,194 @@ pub struct WebhookArgs {
     /// A connection with no request for this long is closed (HTTP/2: GOAWAY).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// Timeout of the API read made when a ServiceAccount is not cached yet.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    miss_timeout: Duration,
-    /// Log filter (e.g. info, debug, wif_webhook=debug).
-    #[arg(long, env = "WIF_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Log format.
-    #[arg(long, env = "WIF_LOG_FORMAT", value_enum, default_value = "json")]
-    log_format: LogFormat,
+}
+
+impl TryFrom<MutationArgs> for MutationConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: MutationArgs) -> anyhow::Result<Self> {
+        let MutationArgs {
+            tenant_id,
+            cloud,
+            audience,
+        } = args;
+        anyhow::ensure!(
+            !tenant_id.trim().is_empty(),
+            "--tenant-id (AZURE_TENANT_ID) must not be empty"
+        );
+        let authority_host = AuthorityHost::parse(&cloud).context("invalid --cloud")?;
+        Ok(Self {
+            tenant_id,
+            authority_host,
+            audience,
+        })
+    }
+}
+
+impl From<CertArgs> for CertSource {
+    fn from(args: CertArgs) -> Self {
+        let CertArgs {
+            cert_mode,
+            tls_cert_file,
+            tls_key_file,
+            cert_reload_interval,
+            namespace,
+            service_name,
+            cert_secret,
+            cert_extra_hosts,
+            webhook_config,
+        } = args;
+        match cert_mode {
+            CertMode::Files => run::files(tls_cert_file, tls_key_file, cert_reload_interval),
+            CertMode::SelfManaged => {
+                let mut manager = SelfManaged::new(&namespace, &service_name, &cert_secret, webhook_config);
+                for host in cert_extra_hosts {
+                    match host.parse() {
+                        Ok(ip) => manager.ip_addresses.push(ip),
+                        Err(_) => manager.dns_names.push(host),
+                    }
+                }
+                CertSource::SelfManaged(manager)
+            }
+        }
+    }
+}
+
+impl TryFrom<LimitsArgs> for Limits {
+    type Error = anyhow::Error;
+
+    fn try_from(args: LimitsArgs) -> anyhow::Result<Self> {
+        let LimitsArgs {
+            max_body_bytes,
+            request_timeout,
+            drain_timeout,
+            http2,
+            h2_max_concurrent_streams,
+            max_in_flight,
+            queue_timeout,
+            handshake_timeout,
+            idle_timeout,
+        } = args;
+        anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            h2_max_concurrent_streams > 0,
+            "--h2-max-concurrent-streams must be at least 1"
+        );
+        Ok(Self {
+            max_body_bytes,
+            request_timeout,
+            drain_timeout,
+            http2,
+            h2_max_concurrent_streams,
+            max_in_flight,
+            queue_timeout,
+            handshake_timeout,
+            idle_timeout,
+            ..Limits::default()
+        })
+    }
+}
+
+impl TryFrom<WebhookArgs> for WebhookConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: WebhookArgs) -> anyhow::Result<Self> {
+        let WebhookArgs {
+            mutation,
+            listen,
+            admin_listen,
+            certs,
+            limits,
+            miss_timeout,
+            log: _,
+        } = args;
+        Ok(Self {
+            mutation: mutation.try_into()?,
+            listen,
+            admin_listen,
+            certs: certs.into(),
+            limits: limits.try_into()?,
+            miss_timeout,
+        })
+    }
 }
 
 /// Runs the webhook until SIGTERM/SIGINT.
-pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
-    let WebhookArgs {
-        tenant_id,
-        cloud,
-        audience,
-        listen,
-        admin_listen,
-        cert_mode,
-        tls_cert_file,
-        tls_key_file,
-        cert_reload_interval,
-        namespace,
-        service_name,
-        cert_secret,
-        cert_extra_hosts,
-        webhook_config,
-        max_body_bytes,
-        request_timeout,
-        drain_timeout,
-        http2,
-        h2_max_concurrent_streams,
-        max_in_flight,
-        queue_timeout,
-        handshake_timeout,
-        idle_timeout,
-        miss_timeout,
-        log_level,
-        log_format,
-    } = args;
-    logging::init(&log_level, log_format);
-    anyhow::ensure!(
-        !tenant_id.trim().is_empty(),
-        "--tenant-id (AZURE_TENANT_ID) must not be empty"
-    );
-    let authority_host = AuthorityHost::parse(&cloud).context("invalid --cloud")?;
-    let mutation = MutationConfig {
-        tenant_id,
-        authority_host,
-        audience,
-    };
-    let certs = match cert_mode {
-        CertMode::Files => run::files(tls_cert_file, tls_key_file, cert_reload_interval),
-        CertMode::SelfManaged => {
-            let mut manager = SelfManaged::new(&namespace, &service_name, &cert_secret, webhook_config);
-            for host in cert_extra_hosts {
-                match host.parse() {
-                    Ok(ip) => manager.ip_addresses.push(ip),
-                    Err(_) => manager.dns_names.push(host),
-                }
-            }
-            CertSource::SelfManaged(manager)
-        }
-    };
-    anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
-    anyhow::ensure!(
-        h2_max_concurrent_streams > 0,
-        "--h2-max-concurrent-streams must be at least 1"
-    );
-    let limits = Limits {
-        max_body_bytes,
-        request_timeout,
-        drain_timeout,
-        http2,
-        h2_max_concurrent_streams,
-        max_in_flight,
-        queue_timeout,
-        handshake_timeout,
-        idle_timeout,
-        ..Limits::default()
-    };
+pub(crate) async fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    args.log.init();
+    let cfg = WebhookConfig::try_from(args)?;
     let (client, stop) = super::client_and_stop().await?;
-    let cfg = WebhookConfig {
-        mutation,
-        listen,
-        admin_listen,
-        certs,
-        limits,
-        miss_timeout,
-    };
     run::run(cfg, client, stop).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: WebhookArgs,
+    }
+
+    fn config(argv: &[&str]) -> anyhow::Result<WebhookConfig> {
+        // The required flags (and a fixed cloud, whatever AZURE_ENVIRONMENT says), unless given.
+        let mut full = vec!["webhook"];
+        for (flag, value) in [("--tenant-id", "t"), ("--cloud", "AzurePublicCloud")] {
+            if !argv.contains(&flag) {
+                full.extend([flag, value]);
+            }
+        }
+        full.extend(argv);
+        let cmd = Cmd::try_parse_from(full).expect("flags parse");
+        WebhookConfig::try_from(cmd.args)
+    }
+
+    #[test]
+    fn each_flag_group_lands_in_its_config() {
+        let cfg = config(&[
+            "--cert-mode",
+            "self-managed",
+            "--cert-extra-hosts",
+            "10.0.0.1,hook.example",
+            "--max-in-flight",
+            "7",
+            "--http2=false",
+            "--audience",
+            "aud",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (cfg.mutation.tenant_id.as_str(), cfg.mutation.audience.as_str()),
+            ("t", "aud")
+        );
+        assert_eq!((cfg.limits.max_in_flight, cfg.limits.http2), (7, false));
+        let CertSource::SelfManaged(manager) = cfg.certs else {
+            panic!("self-managed certificates")
+        };
+        assert_eq!(
+            manager.ip_addresses,
+            ["10.0.0.1".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        assert_eq!(manager.dns_names.last().map(String::as_str), Some("hook.example"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_flag() {
+        for (argv, flag) in [
+            (&["--tenant-id", " "][..], "--tenant-id"),
+            (&["--cloud", "http://not-https"][..], "--cloud"),
+            (&["--max-in-flight", "0"][..], "--max-in-flight"),
+            (
+                &["--h2-max-concurrent-streams", "0"][..],
+                "--h2-max-concurrent-streams",
+            ),
+        ] {
+            let err = config(argv).expect_err("refused");
+            assert!(format!("{err:#}").contains(flag), "{argv:?}: {err:#}");
+        }
+    }
 }

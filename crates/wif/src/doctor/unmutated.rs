@@ -6,19 +6,22 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::{
+    api::core::v1::{Pod, ServiceAccount},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PartialObjectMeta},
 };
-use wif_api::{USE_LABEL, USE_LABEL_VALUE};
+use wif_api::{MutationConfig, USE_LABEL, USE_LABEL_VALUE};
 use wif_controller::unmutated::{
     check::{Verdict, check, check_config, likely_cause},
     facts,
 };
 use wif_webhook::coexist;
 
-use crate::doctor::{Check, Report};
+use super::{Check, Report};
 
 /// Another workload identity webhook (AKS add-on, upstream, a second wif) selecting the label,
 /// in a namespace with these labels (`None`: anywhere).
@@ -105,49 +108,10 @@ pub async fn scan(client: &Client, namespace: Option<&str>) -> anyhow::Result<Re
     let where_ = namespace.map_or_else(|| "any namespace".to_owned(), |ns| format!("namespace {ns}"));
     let mut bad = 0;
     for pod in &pods {
-        let sa_name = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| wif_api::DEFAULT_SERVICE_ACCOUNT.to_owned());
-        let ns = pod.namespace().unwrap_or_default();
-        let verdict = check(pod, sas.get(&(ns.clone(), sa_name)), &cfg);
-        if verdict == Verdict::Mutated {
-            continue;
+        if let Some(check) = unmutated_pod(pod, &sas, &claimants, &cfg) {
+            bad += 1;
+            add(&mut report, check);
         }
-        bad += 1;
-        let facts = facts(&claimants, Some(&ns));
-        let cause = likely_cause(
-            &verdict,
-            pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            &facts,
-        );
-        let fix = match &verdict {
-            Verdict::NoClientId { .. } => {
-                "annotate the ServiceAccount with azure.workload.identity/client-id (or bind it with a \
-                 FederatedIdentityBinding), then recreate the pod"
-                    .to_owned()
-            }
-            _ => format!(
-                "recreate the pod once the webhook serves (kubectl -n {ns} delete pod {}), or run the controller \
-                 with --recycle-unmutated",
-                pod.name_any()
-            ),
-        };
-        add(
-            &mut report,
-            Check::fail(
-                "labelled pod mutated",
-                format!(
-                    "pod {ns}/{} ({}): {}; likely cause: {cause}",
-                    pod.name_any(),
-                    verdict.reason().unwrap_or("NotMutated"),
-                    verdict.describe()
-                ),
-                fix,
-            ),
-        );
     }
     if bad == 0 {
         add(
@@ -164,10 +128,54 @@ pub async fn scan(client: &Client, namespace: Option<&str>) -> anyhow::Result<Re
     Ok(report)
 }
 
+/// The failed check of a labelled pod that lacks what the webhook injects, with the likely
+/// cause and the fix; None for a mutated pod.
+fn unmutated_pod(
+    pod: &Pod,
+    sas: &BTreeMap<(String, String), ObjectMeta>,
+    claimants: &[coexist::Claimant],
+    cfg: &MutationConfig,
+) -> Option<Check> {
+    let sa_name = super::checks::service_account_name(Some(pod), None);
+    let ns = pod.namespace().unwrap_or_default();
+    let verdict = check(pod, sas.get(&(ns.clone(), sa_name)), cfg);
+    if verdict == Verdict::Mutated {
+        return None;
+    }
+    let facts = facts(claimants, Some(&ns));
+    let cause = likely_cause(
+        &verdict,
+        pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        &facts,
+    );
+    let fix = match &verdict {
+        Verdict::NoClientId { .. } => {
+            "annotate the ServiceAccount with azure.workload.identity/client-id (or bind it with a \
+             FederatedIdentityBinding), then recreate the pod"
+                .to_owned()
+        }
+        _ => format!(
+            "recreate the pod once the webhook serves (kubectl -n {ns} delete pod {}), or run the controller \
+             with --recycle-unmutated",
+            pod.name_any()
+        ),
+    };
+    Some(Check::fail(
+        "labelled pod mutated",
+        format!(
+            "pod {ns}/{} ({}): {}; likely cause: {cause}",
+            pod.name_any(),
+            verdict.reason().unwrap_or("NotMutated"),
+            verdict.describe()
+        ),
+        fix,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::Status;
+    use crate::doctor::report::Status;
 
     #[test]
     fn the_add_on_is_named_with_its_fix() {

@@ -1,0 +1,431 @@
+//! Identity pools end to end: `wif controller` against the real API server and the emulator,
+//! bindings naming a `FederatedIdentityPool` placed over its identities, past Entra's
+//! 20-credentials-per-identity ceiling.
+//!
+//! The controller of these tests watches one namespace (the control plane is shared with the
+//! other tests), so the bindings live in one namespace, each with its own ServiceAccount (its
+//! own subject), which is what placement counts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
+use wif_controller::naming;
+use wif_e2e::{
+    TestNs,
+    controller::{
+        ControllerEnv, ControllerOptions, ControllerProcess, TENANT, binding, cluster_id, condition,
+        eventually, is_ready,
+    },
+    entra::{claims, service_account_token},
+};
+
+const POOL_A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
+const POOL_B: &str = "0a1b2c3d-0000-4000-8000-00000000000b";
+const POOL_C: &str = "0a1b2c3d-0000-4000-8000-00000000000c";
+const T: Duration = Duration::from_secs(120);
+
+fn tenant() -> Value {
+    json!({"applications": [
+        {"displayName": "pool-a", "appId": POOL_A},
+        {"displayName": "pool-b", "appId": POOL_B},
+        {"displayName": "pool-c", "appId": POOL_C},
+    ]})
+}
+
+/// A pool and a policy granting it to `ns`, both named after the namespace; deleted on drop.
+struct PoolGuard {
+    name: String,
+    client: kube::Client,
+}
+
+impl PoolGuard {
+    async fn create(ns: &TestNs, apps: &[&str], capacity: u32) -> Self {
+        let name = format!("e2e-{}", ns.name);
+        let pool: FederatedIdentityPool = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPool",
+            "metadata": {"name": name},
+            "spec": {
+                "identities": apps.iter().map(|a| json!({"application": {"clientId": a}})).collect::<Vec<_>>(),
+                "capacityPerIdentity": capacity,
+            }
+        }))
+        .unwrap();
+        Api::<FederatedIdentityPool>::all(ns.client.clone())
+            .create(&PostParams::default(), &pool)
+            .await
+            .expect("create pool");
+        let policy: FederatedIdentityPolicy = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+                "pools": [name],
+            }
+        }))
+        .unwrap();
+        Api::<FederatedIdentityPolicy>::all(ns.client.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("create policy");
+        Self {
+            name,
+            client: ns.client.clone(),
+        }
+    }
+
+    async fn set_identities(&self, apps: &[&str]) {
+        let patch = json!({"spec": {"identities": apps.iter().map(|a| json!({"application": {"clientId": a}})).collect::<Vec<_>>()}});
+        Api::<FederatedIdentityPool>::all(self.client.clone())
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch pool");
+    }
+
+    async fn get(&self) -> FederatedIdentityPool {
+        Api::<FederatedIdentityPool>::all(self.client.clone())
+            .get(&self.name)
+            .await
+            .expect("the pool")
+    }
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        // Best effort, without blocking the runtime of the test.
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    let dp = DeleteParams::default();
+                    let _ = Api::<FederatedIdentityPool>::all(client.clone())
+                        .delete(&name, &dp)
+                        .await;
+                    let _ = Api::<FederatedIdentityPolicy>::all(client)
+                        .delete(&name, &dp)
+                        .await;
+                });
+            }
+        });
+    }
+}
+
+struct World {
+    ns: TestNs,
+    env: ControllerEnv,
+    pool: PoolGuard,
+}
+
+async fn world(prefix: &str, apps: &[&str], capacity: u32) -> World {
+    let ns = TestNs::new(prefix).await;
+    let env = ControllerEnv::start(&ns, tenant(), json!({})).await;
+    let pool = PoolGuard::create(&ns, apps, capacity).await;
+    World { ns, env, pool }
+}
+
+impl World {
+    fn bindings(&self) -> Api<FederatedIdentityBinding> {
+        self.ns.api()
+    }
+
+    /// ServiceAccount and binding `name` (same name), naming the pool.
+    async fn bind(&self, name: &str) {
+        self.ns.service_account(name, &[]).await;
+        let b = binding(name, name, json!({"pool": {"name": self.pool.name}}), json!({}));
+        self.bindings()
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("create binding");
+    }
+
+    async fn all_ready(&self, names: &[String]) -> Vec<FederatedIdentityBinding> {
+        eventually(&format!("{} bindings Ready", names.len()), T, || async {
+            let list = self.bindings().list(&Default::default()).await.ok()?;
+            let ready: Vec<FederatedIdentityBinding> = list
+                .items
+                .into_iter()
+                .filter(|b| names.contains(&b.name_any()) && is_ready(b))
+                .collect();
+            (ready.len() == names.len()).then_some(ready)
+        })
+        .await
+    }
+
+    /// Credentials per pool application.
+    async fn usage(&self) -> BTreeMap<&'static str, Vec<Value>> {
+        let mut out = BTreeMap::new();
+        for app in [POOL_A, POOL_B, POOL_C] {
+            out.insert(app, self.env.app_credentials(app).await);
+        }
+        out
+    }
+
+    /// A ServiceAccount token of `sa` exchanged at the emulator for `client_id`; the access
+    /// token's `appid`, or the error.
+    async fn exchange(&self, sa: &str, client_id: &str) -> Result<String, String> {
+        let assertion = service_account_token(&self.ns, sa, Duration::from_secs(3600)).await;
+        let http = self.env.entra.http_client().map_err(|e| e.to_string())?;
+        let response = http
+            .post(self.env.entra.token_endpoint(TENANT))
+            .form(&[
+                ("client_id", client_id),
+                ("scope", "https://management.azure.com/.default"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.as_str()),
+                ("grant_type", "client_credentials"),
+            ])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {body}"));
+        }
+        let token = body["access_token"].as_str().ok_or("no access_token")?;
+        Ok(claims(token)["appid"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn client_id_annotation(&self, sa: &str) -> Option<String> {
+        self.ns
+            .api::<ServiceAccount>()
+            .get(sa)
+            .await
+            .ok()?
+            .annotations()
+            .get(wif_api::CLIENT_ID_ANNOTATION)
+            .cloned()
+    }
+}
+
+fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+fn assert_capacity(usage: &BTreeMap<&str, Vec<Value>>, capacity: usize) {
+    for (app, credentials) in usage {
+        assert!(
+            credentials.len() <= capacity,
+            "{app} holds {} credentials",
+            credentials.len()
+        );
+        let subjects: BTreeSet<&str> = credentials.iter().filter_map(|c| c["subject"].as_str()).collect();
+        assert_eq!(subjects.len(), credentials.len(), "duplicate subject on {app}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the control plane"]
+async fn a_pool_of_three_holds_sixty_bindings_and_the_sixty_first_waits_for_a_slot() {
+    let w = world("pool-fill", &[POOL_A, POOL_B, POOL_C], 20).await;
+    let opts = ControllerOptions {
+        overrides: vec![("--concurrency", "16".into())],
+        ..ControllerOptions::default()
+    };
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &opts).await;
+    let first = names("b", 0..55);
+    for n in &first {
+        w.bind(n).await;
+    }
+    let ready = w.all_ready(&first).await;
+    let usage = w.usage().await;
+    assert_capacity(&usage, 20);
+    assert_eq!(usage.values().map(Vec::len).sum::<usize>(), 55, "{usage:?}");
+    // Every binding's ServiceAccount token exchanges for a token of its assigned identity.
+    for b in &ready {
+        let status = b.status.as_ref().unwrap();
+        let client_id = status.client_id.clone().unwrap();
+        assert_eq!(status.placement.as_ref().unwrap().identity, client_id);
+        let sa = &b.spec.service_account_name;
+        assert_eq!(
+            w.client_id_annotation(sa).await.as_deref(),
+            Some(client_id.as_str())
+        );
+        assert_eq!(w.exchange(sa, &client_id).await.unwrap(), client_id, "{sa}");
+    }
+
+    // Up to 60, then the 61st does not fit.
+    let more = names("c", 0..5);
+    for n in &more {
+        w.bind(n).await;
+    }
+    w.all_ready(&more).await;
+    assert_capacity(&w.usage().await, 20);
+    w.bind("overflow").await;
+    eventually("the 61st binding PoolFull", T, || async {
+        let b = w.bindings().get("overflow").await.ok()?;
+        (condition(&b, "Ready")?.1 == "PoolFull").then_some(())
+    })
+    .await;
+    eventually("pool status Full", T, || async {
+        let p = w.pool.get().await;
+        let s = p.status?;
+        (s.used == 60
+            && s.capacity == 60
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Full" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
+
+    // A slot frees: the 61st is placed.
+    w.bindings()
+        .delete("b00", &DeleteParams::default())
+        .await
+        .unwrap();
+    let placed = w.all_ready(&["overflow".to_owned()]).await;
+    let client_id = placed[0].status.as_ref().unwrap().client_id.clone().unwrap();
+    assert_eq!(w.exchange("overflow", &client_id).await.unwrap(), client_id);
+    assert_capacity(&w.usage().await, 20);
+    let metrics = ctl.metrics().await;
+    assert!(
+        metrics.contains("wif_identity_credentials{identity="),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wif_identity_capacity{identity="), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane"]
+async fn a_controller_killed_during_placement_leaves_no_orphan_and_no_duplicate() {
+    let kills: usize = std::env::var("WIF_E2E_POOL_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let w = world("pool-kill", &[POOL_A, POOL_B], 5).await;
+    // Latency makes each placement long enough to be cut in the middle.
+    w.env
+        .entra
+        .admin()
+        .set_faults(&serde_json::from_value(json!({"graph": {"latencyMs": 40}})).unwrap())
+        .await
+        .unwrap();
+    let all = names("k", 0..9);
+    let opts = ControllerOptions::default();
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut created = 0;
+    let mut cut_with_work_done = 0;
+    for _ in 0..kills {
+        if created < all.len() {
+            w.bind(&all[created]).await;
+            created += 1;
+        }
+        let before: usize = w.usage().await.values().map(Vec::len).sum();
+        let mut ctl = ControllerProcess::spawn(&w.ns, &w.env, &opts);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2000))).await;
+        ctl.kill();
+        // Never over capacity, even mid-way.
+        let usage = w.usage().await;
+        assert_capacity(&usage, 5);
+        if usage.values().map(Vec::len).sum::<usize>() > before {
+            cut_with_work_done += 1;
+        }
+    }
+    assert!(
+        cut_with_work_done > 0,
+        "no controller placed anything before being killed: the kills proved nothing"
+    );
+    for n in &all[created..] {
+        w.bind(n).await;
+    }
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &opts).await;
+    let ready = w.all_ready(&all).await;
+    let usage = w.usage().await;
+    assert_capacity(&usage, 5);
+    // Exactly one credential per binding, where its status says: no orphan, no duplicate.
+    let mut found: Vec<(String, String)> = usage
+        .iter()
+        .flat_map(|(app, cs)| {
+            cs.iter()
+                .map(|c| (app.to_string(), c["name"].as_str().unwrap_or_default().to_owned()))
+        })
+        .collect();
+    found.sort();
+    let mut want: Vec<(String, String)> = ready
+        .iter()
+        .map(|b| {
+            let s = b.status.as_ref().unwrap();
+            (
+                s.client_id.clone().unwrap(),
+                naming::default_credential_name(&cluster_id(&w.ns), &w.ns.name, &b.name_any()),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(found, want, "{}", ctl.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane"]
+async fn an_identity_removed_from_the_pool_moves_its_bindings_without_a_failed_exchange() {
+    let w = world("pool-move", &[POOL_A, POOL_B], 20).await;
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &ControllerOptions::default()).await;
+    let all = names("m", 0..4);
+    for n in &all {
+        w.bind(n).await;
+    }
+    let ready = w.all_ready(&all).await;
+    let on_a: Vec<String> = ready
+        .iter()
+        .filter(|b| b.status.as_ref().unwrap().client_id.as_deref() == Some(POOL_A))
+        .map(|b| b.spec.service_account_name.clone())
+        .collect();
+    assert!(!on_a.is_empty(), "least used, ties by order: some land on A");
+
+    // A leaves, C joins. While the bindings move, every ServiceAccount's current client id
+    // keeps exchanging.
+    w.pool.set_identities(&[POOL_B, POOL_C]).await;
+    let deadline = std::time::Instant::now() + T;
+    let mut rounds = 0;
+    loop {
+        for sa in &all {
+            let client_id = w.client_id_annotation(sa).await.expect("annotated");
+            let got = w.exchange(sa, &client_id).await;
+            assert_eq!(
+                got.as_deref(),
+                Ok(client_id.as_str()),
+                "{sa} failed mid-move\n{}",
+                ctl.logs()
+            );
+        }
+        rounds += 1;
+        let moved = w.env.app_credentials(POOL_A).await.is_empty()
+            && w.bindings()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .all(|b| {
+                    is_ready(b) && b.status.as_ref().and_then(|s| s.client_id.as_deref()) != Some(POOL_A)
+                });
+        if moved {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bindings did not move\n{}",
+            ctl.logs()
+        );
+    }
+    assert!(rounds >= 1);
+    for sa in &on_a {
+        let client_id = w.client_id_annotation(sa).await.unwrap();
+        assert_ne!(client_id, POOL_A);
+        assert_eq!(w.exchange(sa, &client_id).await.unwrap(), client_id);
+    }
+    assert_capacity(&w.usage().await, 20);
+}
