@@ -345,6 +345,28 @@ async fn exchange(
         )
     })?;
 
+    let auth = authenticate(app, client, client_id, form).await?;
+    let body = app.issue_token(&tenant, client, &resource, auth).map_err(|e| {
+        tracing::error!(error = %e, "failed to sign an access token");
+        AadError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            50000,
+            "There was an error issuing a token.",
+        )
+    })?;
+    tracing::info!(tenant = %tenant.id, client_id, resource, "issued an access token");
+    Ok(body)
+}
+
+/// How the client proves who it is: a federated client assertion (checked as Entra does) or a
+/// client secret.
+async fn authenticate(
+    app: &AppState,
+    client: Client<'_>,
+    client_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<ClientAuth, AadError> {
     let auth = match (param(form, "client_assertion"), param(form, "client_secret")) {
         (Some(assertion), _) => {
             let assertion_type = param(form, "client_assertion_type")
@@ -380,17 +402,7 @@ async fn exchange(
             ));
         }
     };
-    let body = app.issue_token(&tenant, client, &resource, auth).map_err(|e| {
-        tracing::error!(error = %e, "failed to sign an access token");
-        AadError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            50000,
-            "There was an error issuing a token.",
-        )
-    })?;
-    tracing::info!(tenant = %tenant.id, client_id, resource, "issued an access token");
-    Ok(body)
+    Ok(auth)
 }
 
 /// `{resource}/.default` → resource. OIDC scopes that MSAL may add are ignored.
@@ -695,45 +707,4 @@ impl Matching<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scopes() {
-        assert_eq!(
-            resource_from_scope("https://graph.microsoft.com/.default").ok(),
-            Some("https://graph.microsoft.com".into())
-        );
-        assert_eq!(
-            resource_from_scope("https://management.core.windows.net//.default").ok(),
-            Some("https://management.core.windows.net/".into())
-        );
-        assert_eq!(
-            resource_from_scope("api://x/.default openid offline_access").ok(),
-            Some("api://x".into())
-        );
-        assert_eq!(
-            resource_from_scope("api://x/read").err().map(|e| e.code),
-            Some(1002012)
-        );
-        assert_eq!(
-            resource_from_scope("/.default").err().map(|e| e.code),
-            Some(70011)
-        );
-        assert_eq!(resource_from_scope("openid").err().map(|e| e.code), Some(70011));
-        assert_eq!(
-            resource_from_scope("api://a/.default api://b/.default")
-                .err()
-                .map(|e| e.code),
-            Some(700022)
-        );
-    }
-
-    #[test]
-    fn tenant_syntax() {
-        assert!(valid_tenant_syntax("contoso.onmicrosoft.com"));
-        assert!(valid_tenant_syntax("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(!valid_tenant_syntax("a b"));
-        assert!(!valid_tenant_syntax(""));
-    }
-}
+mod tests;
