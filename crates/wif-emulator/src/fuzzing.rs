@@ -12,7 +12,9 @@ use axum::{
 };
 use tower::ServiceExt;
 
-use crate::{Config, Error, Result, app::App, entra::Assertion, jwt::SigningKey, oidc::IssuerKeys, server};
+use crate::{
+    Config, Error, Result, app::App, entra::assertion::Assertion, jwt::SigningKey, oidc::IssuerKeys, server,
+};
 
 /// Tenant of the fuzzed directory.
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
