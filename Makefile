@@ -119,7 +119,7 @@ bench-memory: release controlplane ## webhook RSS and ready time with 0, 10,000 
 	  --counts $${BENCH_SA_COUNTS:-0,10000,100000} --out bench/results/memory.json
 
 .PHONY: fuzz
-fuzz: ## fuzz the admission decoder + mutation for FUZZ_SECONDS (default 60)
+fuzz: ## every fuzz target (admission, assertion, emulator_requests) for FUZZ_SECONDS each (default 60)
 	scripts/fuzz.sh $${FUZZ_SECONDS:-60}
 
 .PHONY: clean

@@ -137,80 +137,9 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         namespaces,
         service_accounts,
     };
-    {
-        let (stores, synced) = (stores.clone(), shared.synced.clone());
-        synced.store(false, Ordering::Release);
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
-            if crate::context::wait_store(&stores.bindings, deadline, "bindings")
-                .await
-                .is_ok()
-                && stores
-                    .wait_ready(std::time::Duration::from_secs(3600))
-                    .await
-                    .is_ok()
-            {
-                tracing::info!(
-                    bindings = stores.bindings.len(),
-                    policies = stores.policies.len(),
-                    "caches synced"
-                );
-                synced.store(true, Ordering::Release);
-            }
-        });
-    }
+    mark_synced_when_ready(stores.clone(), shared.synced.clone());
 
-    let ctx = Arc::new(Context {
-        client,
-        azure: shared.azure.clone(),
-        directory: Directory::new(
-            // One list serves the bindings of an identity during its (aligned) resync.
-            (shared.settings.resync_interval / 4).max(std::time::Duration::from_millis(500)),
-            std::time::Duration::from_secs(600),
-        ),
-        stores,
-        recorder: shared.recorder.clone(),
-        metrics: shared.metrics.clone(),
-        backoff: Backoff::new(shared.backoff.0, shared.backoff.1),
-        leadership,
-        settings: shared.settings.clone(),
-        exchange: shared.exchange.clone(),
-    });
-
-    let by_service_account = {
-        let store = bindings.clone();
-        move |sa: PartialObjectMeta<ServiceAccount>| {
-            let (ns, name) = (sa.namespace(), sa.name_any());
-            store
-                .state()
-                .iter()
-                .filter(|b| b.namespace() == ns && b.spec.service_account_name == name)
-                .map(|b| ObjectRef::from_obj(b.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let every_binding = {
-        let store = bindings.clone();
-        move |_: FederatedIdentityPolicy| {
-            store
-                .state()
-                .iter()
-                .map(|b| ObjectRef::from_obj(b.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let by_namespace = {
-        let store = bindings.clone();
-        move |ns: PartialObjectMeta<Namespace>| {
-            let name = ns.name_any();
-            store
-                .state()
-                .iter()
-                .filter(|b| b.namespace().as_deref() == Some(name.as_str()))
-                .map(|b| ObjectRef::from_obj(b.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
+    let ctx = context(shared, client, stores, leadership);
 
     let by_pool = {
         let store = bindings.clone();
@@ -227,9 +156,9 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         .run(crate::pool::reconcile, crate::pool::error_policy, ctx.clone())
         .for_each(|_| async {});
     let binding_run = controller
-        .watches_stream(objects(sa_events), by_service_account)
-        .watches_stream(objects(policy_events), every_binding)
-        .watches_stream(objects(ns_events), by_namespace)
+        .watches_stream(objects(sa_events), by_service_account(bindings.clone()))
+        .watches_stream(objects(policy_events), every_binding(bindings.clone()))
+        .watches_stream(objects(ns_events), by_namespace(bindings))
         .watches_stream(objects(pool_events), by_pool)
         .with_config(controller::Config::default().concurrency(shared.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
@@ -245,4 +174,91 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     futures::join!(binding_run, pool_run);
     shared.synced.store(false, Ordering::Release);
     tracing::info!("controller stopped");
+}
+
+/// Marks the term's caches synced (for `/readyz`) once the bindings and the stores their
+/// reconciles read have listed.
+fn mark_synced_when_ready(stores: Stores, synced: Arc<AtomicBool>) {
+    synced.store(false, Ordering::Release);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        if crate::context::wait_store(&stores.bindings, deadline, "bindings")
+            .await
+            .is_ok()
+            && stores
+                .wait_ready(std::time::Duration::from_secs(3600))
+                .await
+                .is_ok()
+        {
+            tracing::info!(
+                bindings = stores.bindings.len(),
+                policies = stores.policies.len(),
+                "caches synced"
+            );
+            synced.store(true, Ordering::Release);
+        }
+    });
+}
+
+/// The reconcile context of one leadership term.
+fn context(shared: &Shared, client: Client, stores: Stores, leadership: Leadership) -> Arc<Context> {
+    Arc::new(Context {
+        client,
+        azure: shared.azure.clone(),
+        directory: Directory::new(
+            // One list serves the bindings of an identity during its (aligned) resync.
+            (shared.settings.resync_interval / 4).max(std::time::Duration::from_millis(500)),
+            std::time::Duration::from_secs(600),
+        ),
+        stores,
+        recorder: shared.recorder.clone(),
+        metrics: shared.metrics.clone(),
+        backoff: Backoff::new(shared.backoff.0, shared.backoff.1),
+        leadership,
+        settings: shared.settings.clone(),
+        exchange: shared.exchange.clone(),
+    })
+}
+
+/// The bindings of a ServiceAccount.
+fn by_service_account(
+    store: Store<FederatedIdentityBinding>,
+) -> impl Fn(PartialObjectMeta<ServiceAccount>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+    move |sa| {
+        let (ns, name) = (sa.namespace(), sa.name_any());
+        store
+            .state()
+            .iter()
+            .filter(|b| b.namespace() == ns && b.spec.service_account_name == name)
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
+}
+
+/// Every binding (a policy may grant or refuse any of them).
+fn every_binding(
+    store: Store<FederatedIdentityBinding>,
+) -> impl Fn(FederatedIdentityPolicy) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
+}
+
+/// The bindings of a namespace (its labels decide which policies apply).
+fn by_namespace(
+    store: Store<FederatedIdentityBinding>,
+) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+    move |ns| {
+        let name = ns.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(name.as_str()))
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
 }

@@ -75,12 +75,16 @@ use serde_json::{Value, json};
 
 use crate::{
     app::{AppState, ClientAuth},
+    config::Settings,
     credentials::Matcher,
     jwt::Jwt,
     oidc::KeyError,
     state::{Client, now_ms},
     wire::AadError,
 };
+
+pub(crate) mod assertion;
+use assertion::*;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const WIF_DOC: &str = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
@@ -344,6 +348,28 @@ async fn exchange(
         )
     })?;
 
+    let auth = authenticate(app, client, client_id, form).await?;
+    let body = app.issue_token(&tenant, client, &resource, auth).map_err(|e| {
+        tracing::error!(error = %e, "failed to sign an access token");
+        AadError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            50000,
+            "There was an error issuing a token.",
+        )
+    })?;
+    tracing::info!(tenant = %tenant.id, client_id, resource, "issued an access token");
+    Ok(body)
+}
+
+/// How the client proves who it is: a federated client assertion (checked as Entra does) or a
+/// client secret.
+async fn authenticate(
+    app: &AppState,
+    client: Client<'_>,
+    client_id: &str,
+    form: &HashMap<String, String>,
+) -> Result<ClientAuth, AadError> {
     let auth = match (param(form, "client_assertion"), param(form, "client_secret")) {
         (Some(assertion), _) => {
             let assertion_type = param(form, "client_assertion_type")
@@ -379,17 +405,7 @@ async fn exchange(
             ));
         }
     };
-    let body = app.issue_token(&tenant, client, &resource, auth).map_err(|e| {
-        tracing::error!(error = %e, "failed to sign an access token");
-        AadError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            50000,
-            "There was an error issuing a token.",
-        )
-    })?;
-    tracing::info!(tenant = %tenant.id, client_id, resource, "issued an access token");
-    Ok(body)
+    Ok(auth)
 }
 
 /// `{resource}/.default` → resource. OIDC scopes that MSAL may add are ignored.
@@ -452,222 +468,5 @@ fn no_match(message: String, code: u32) -> AadError {
     AadError::invalid_client(code, message)
 }
 
-async fn validate_assertion(
-    app: &AppState,
-    client: Client<'_>,
-    client_id: &str,
-    assertion: &str,
-) -> Result<(), AadError> {
-    let settings = app.settings();
-    let credentials = client.credentials();
-    if credentials.is_empty() {
-        return Err(AadError::invalid_client(
-            70025,
-            format!("The client '{client_id}' has no configured federated identity credentials."),
-        ));
-    }
-    let malformed = || AadError::invalid_request(50027, "JWT token is invalid or malformed.");
-    let jwt = Jwt::parse(assertion).ok_or_else(malformed)?;
-    let alg = jwt.alg().ok_or_else(malformed)?.to_string();
-    if !matches!(alg.as_str(), "RS256" | "ES256") {
-        return Err(AadError::invalid_request(
-            50027,
-            format!("JWT token is invalid or malformed. The signing algorithm '{alg}' is not supported."),
-        ));
-    }
-    let (Some(iss), Some(sub)) = (jwt.claim_str("iss"), jwt.claim_str("sub")) else {
-        return Err(malformed());
-    };
-    let audiences = jwt.audiences();
-    let exp = jwt.claim_time("exp").ok_or_else(malformed)?;
-    if audiences.is_empty() {
-        return Err(malformed());
-    }
-
-    // Lifetime.
-    let iat = jwt.claim_time("iat");
-    if iat.is_none_or(|iat| exp.saturating_sub(iat) > MAX_ASSERTION_LIFETIME) {
-        return Err(AadError::invalid_client(
-            70023,
-            format!(
-                "External OIDC Provider token must have a lifetime of less than or equal to 1.01:00:00. Token issued at {}. Token expires on {exp}.",
-                iat.unwrap_or(0)
-            ),
-        ));
-    }
-    let now_ms = now_ms();
-    let now = (now_ms / 1000) as i64;
-    let skew = i64::try_from(settings.clock_skew_seconds).unwrap_or(i64::MAX);
-    let nbf = jwt.claim_time("nbf");
-    if now > exp.saturating_add(skew) || nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
-        return Err(AadError::invalid_client(
-            700024,
-            format!(
-                "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
-                entra_time(now),
-                entra_time(nbf.or(iat).unwrap_or(0)),
-                entra_time(exp)
-            ),
-        ));
-    }
-
-    // Credentials honoured now, and those still propagating.
-    let honoured: Vec<Matcher> = credentials.iter().filter_map(|c| c.honoured(now_ms)).collect();
-    let pending: Vec<Matcher> = credentials.iter().filter_map(|c| c.pending(now_ms)).collect();
-    let audience_text = audiences.join(", ");
-    let matches_fully = |m: &Matcher| {
-        m.issuer == iss
-            && m.subject.as_deref() == Some(sub)
-            && m.audiences.iter().any(|a| audiences.contains(a))
-    };
-    let propagating = pending.iter().any(matches_fully);
-    // 400 invalid_request, as recorded (see the module table), unlike the 7002xx mismatches.
-    let not_yet_propagated = || {
-        AadError::invalid_request(
-            70021,
-            format!(
-                "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: '{audience_text}'. {WIF_DOC}"
-            ),
-        )
-    };
-
-    // Issuer (byte-exact).
-    let known_issuer = honoured.iter().chain(&pending).any(|m| m.issuer == iss);
-    if !known_issuer {
-        return Err(no_match(
-            format!(
-                "No matching federated identity record found for presented assertion issuer '{iss}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
-            ),
-            700211,
-        ));
-    }
-
-    // Signature against the issuer's published keys.
-    let keys = app
-        .issuers
-        .candidates(
-            iss,
-            jwt.kid(),
-            &alg,
-            Duration::from_secs(settings.jwks_cache_ttl_seconds),
-            Duration::from_millis(settings.outbound_timeout_ms.max(1)),
-        )
-        .await;
-    match keys {
-        Err(KeyError::Unreachable(reason)) => {
-            tracing::warn!(
-                issuer = iss,
-                reason,
-                "failed to fetch the assertion issuer's keys"
-            );
-            return Err(AadError::invalid_request(
-                90061,
-                "Request to External OIDC endpoint failed.",
-            ));
-        }
-        Err(KeyError::NotFound) => {
-            return Err(AadError::invalid_client(
-                7000272,
-                format!(
-                    "The certificate with identifier {} used to sign the federated credential could not be found in the metadata of identity provider {iss}. Please validate that your Identity Provider's metadata exposes the key used to sign the incoming token.",
-                    jwt.kid().unwrap_or_default()
-                ),
-            ));
-        }
-        Ok(keys) => {
-            if !keys.iter().any(|key| jwt.verify(key)) {
-                return Err(AadError::invalid_client(
-                    700027,
-                    "Client assertion failed signature validation.",
-                ));
-            }
-        }
-    }
-
-    let by_issuer: Vec<&Matcher> = honoured.iter().filter(|m| m.issuer == iss).collect();
-    if by_issuer.is_empty() {
-        return Err(not_yet_propagated());
-    }
-    let by_audience: Vec<&Matcher> = by_issuer
-        .into_iter()
-        .filter(|m| m.audiences.iter().any(|a| audiences.contains(a)))
-        .collect();
-    if by_audience.is_empty() {
-        if propagating {
-            return Err(not_yet_propagated());
-        }
-        return Err(no_match(
-            format!(
-                "No matching federated identity record found for presented assertion audience '{audience_text}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
-            ),
-            700212,
-        ));
-    }
-    if by_audience.iter().any(|m| m.subject.as_deref() == Some(sub)) {
-        return Ok(());
-    }
-    if propagating {
-        return Err(not_yet_propagated());
-    }
-    let case_only = by_audience
-        .iter()
-        .any(|m| m.subject.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(sub)));
-    if case_only {
-        return Err(no_match(
-            format!(
-                "No matching federated identity record found for presented assertion subject '{sub}'. The subject matches with case-insensitive comparison, but not with case-sensitive comparison. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. See documentation at: {WIF_DOC}."
-            ),
-            7002138,
-        ));
-    }
-    Err(no_match(
-        format!(
-            "No matching federated identity record found for presented assertion subject '{sub}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. {WIF_DOC}"
-        ),
-        700213,
-    ))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scopes() {
-        assert_eq!(
-            resource_from_scope("https://graph.microsoft.com/.default").ok(),
-            Some("https://graph.microsoft.com".into())
-        );
-        assert_eq!(
-            resource_from_scope("https://management.core.windows.net//.default").ok(),
-            Some("https://management.core.windows.net/".into())
-        );
-        assert_eq!(
-            resource_from_scope("api://x/.default openid offline_access").ok(),
-            Some("api://x".into())
-        );
-        assert_eq!(
-            resource_from_scope("api://x/read").err().map(|e| e.code),
-            Some(1002012)
-        );
-        assert_eq!(
-            resource_from_scope("/.default").err().map(|e| e.code),
-            Some(70011)
-        );
-        assert_eq!(resource_from_scope("openid").err().map(|e| e.code), Some(70011));
-        assert_eq!(
-            resource_from_scope("api://a/.default api://b/.default")
-                .err()
-                .map(|e| e.code),
-            Some(700022)
-        );
-    }
-
-    #[test]
-    fn tenant_syntax() {
-        assert!(valid_tenant_syntax("contoso.onmicrosoft.com"));
-        assert!(valid_tenant_syntax("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(!valid_tenant_syntax("a b"));
-        assert!(!valid_tenant_syntax(""));
-    }
-}
+mod tests;

@@ -39,6 +39,8 @@ mod credentials;
 mod entra;
 mod error;
 mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 mod graph;
 mod jwt;
 mod oidc;
@@ -328,7 +330,7 @@ async fn bind(listen: SocketAddr, listener: Option<std::net::TcpListener>) -> Re
 }
 
 /// The state directory's store with the config's seed applied.
-async fn seeded_store(state_dir: &Path, config: &Config, persist: bool) -> Result<Store> {
+pub(crate) async fn seeded_store(state_dir: &Path, config: &Config, persist: bool) -> Result<Store> {
     let store = Store::open(state_dir, persist).await?;
     let seed = Seed {
         tenants: config.tenants.clone(),

@@ -92,20 +92,7 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     let admin = server::bind(admin_listen).await?;
     tracing::info!(listen = %admission.local_addr()?, admin = %admin.local_addr()?, "webhook listening");
     let store = CertStore::new();
-    match certs {
-        CertSource::Files {
-            files,
-            reload_interval,
-        } => {
-            // Fail at start on a bad pair; later bad pairs only keep the previous certificate.
-            files.load_into(&store)?;
-            tokio::spawn(files.watch(store.clone(), reload_interval, stop.clone()));
-        }
-        CertSource::SelfManaged(manager) => {
-            let published = manager.ensure(&client, &store).await?;
-            tokio::spawn(manager.run(client.clone(), store.clone(), stop.clone(), published));
-        }
-    }
+    load_certs(certs, &client, &store, &stop).await?;
 
     let cache = ServiceAccountCache::spawn(client.clone(), miss_timeout, stop.clone());
     let coexist_client = client.clone();
@@ -124,21 +111,7 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
         metrics: metrics.clone(),
     };
 
-    let ready = {
-        let (cache, store, stop) = (cache.clone(), store.clone(), stop.clone());
-        Arc::new(move || {
-            if stop.is_cancelled() {
-                return Err("shutting down: draining in-flight requests".to_owned());
-            }
-            if !store.is_loaded() {
-                return Err("no serving certificate loaded yet".to_owned());
-            }
-            if !cache.is_synced() {
-                return Err("ServiceAccount cache not synced yet".to_owned());
-            }
-            Ok(())
-        })
-    };
+    let ready = Arc::new(readiness(cache.clone(), store.clone(), stop.clone()));
     let before_scrape = {
         let (cache, metrics) = (cache.clone(), metrics.clone());
         Arc::new(move || {
@@ -171,4 +144,50 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
     }
     tracing::info!("webhook stopped");
     Ok(())
+}
+
+/// Loads the serving certificate (failing at start on a bad one) and keeps it current: file
+/// reloads, or the self-managed rotation.
+async fn load_certs(
+    certs: CertSource,
+    client: &kube::Client,
+    store: &Arc<CertStore>,
+    stop: &CancellationToken,
+) -> Result<(), RunError> {
+    match certs {
+        CertSource::Files {
+            files,
+            reload_interval,
+        } => {
+            // Fail at start on a bad pair; later bad pairs only keep the previous certificate.
+            files.load_into(store)?;
+            tokio::spawn(files.watch(store.clone(), reload_interval, stop.clone()));
+        }
+        CertSource::SelfManaged(manager) => {
+            let published = manager.ensure(client, store).await?;
+            tokio::spawn(manager.run(client.clone(), store.clone(), stop.clone(), published));
+        }
+    }
+    Ok(())
+}
+
+/// `/readyz`: serving once a certificate is loaded and the ServiceAccount cache has synced;
+/// not while draining.
+fn readiness(
+    cache: ServiceAccountCache,
+    store: Arc<CertStore>,
+    stop: CancellationToken,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        if stop.is_cancelled() {
+            return Err("shutting down: draining in-flight requests".to_owned());
+        }
+        if !store.is_loaded() {
+            return Err("no serving certificate loaded yet".to_owned());
+        }
+        if !cache.is_synced() {
+            return Err("ServiceAccount cache not synced yet".to_owned());
+        }
+        Ok(())
+    }
 }

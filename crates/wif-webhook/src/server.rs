@@ -2,6 +2,7 @@
 //! `wif-runtime`'s, re-exported here.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -22,7 +23,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -271,27 +275,14 @@ pub async fn serve_tls_metered(
     metrics: Arc<ConnMetrics>,
     stop: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(certs.server_config(limits.http2));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.h2_max_header_list_bytes)
-        .keep_alive_interval(limits.h2_keep_alive_interval)
-        .keep_alive_timeout(limits.h2_keep_alive_timeout)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        // Rapid-reset (CVE-2023-44487) bounds, hyper's defaults made explicit.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
-    let builders = Arc::new(Builders {
-        h1: http.clone().http1_only(),
-        h2: http.clone().http2_only(),
-        sniff: http,
+    let conn = Arc::new(Conn {
+        acceptor: TlsAcceptor::from(certs.server_config(limits.http2)),
+        router,
+        builders: Builders::new(&limits),
+        metrics,
+        stop: stop.clone(),
+        handshake_timeout: limits.handshake_timeout,
+        idle_timeout: limits.idle_timeout,
     });
     // Each connection task holds a receiver; `closed()` resolves when the last one has ended.
     let (drained, connections) = tokio::sync::watch::channel(());
@@ -309,78 +300,10 @@ pub async fn serve_tls_metered(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let builders = builders.clone();
-        let metrics = metrics.clone();
-        let stop = stop.clone();
-        let connection = connections.clone();
-        let (handshake_timeout, idle_timeout) = (limits.handshake_timeout, limits.idle_timeout);
+        let (conn, connection) = (conn.clone(), connections.clone());
         tokio::spawn(async move {
             let _connection = connection;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    metrics.handshake(Handshake::Failed);
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics.handshake(Handshake::TimedOut);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            metrics.handshake(Handshake::Ok);
-            let protocol = match tls.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Protocol::H2,
-                Some(_) => Protocol::Http1,
-                None => Protocol::NoAlpn,
-            };
-            let _open = metrics.open(protocol);
-            let activity = Arc::new(Activity::default());
-            let service = {
-                let activity = activity.clone();
-                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let guard = activity.begin();
-                    let call = router.clone().oneshot(req.map(Body::new));
-                    async move {
-                        let response = call.await;
-                        drop(guard);
-                        response
-                    }
-                })
-            };
-            let builder = match protocol {
-                Protocol::H2 => &builders.h2,
-                Protocol::Http1 => &builders.h1,
-                Protocol::NoAlpn => &builders.sniff,
-            };
-            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
-            let opened = Instant::now();
-            let mut closing = false;
-            let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    () = stop.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = tick.tick(), if !closing => {
-                        if activity.idle_since(opened).is_some_and(|t| t.elapsed() >= idle_timeout) {
-                            tracing::debug!(%peer, ?protocol, "closing idle connection");
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
+            conn.serve(tcp, peer).await;
         });
     }
     drop(listener);
@@ -394,6 +317,129 @@ pub async fn serve_tls_metered(
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// What every connection of [`serve_tls_metered`] is served with.
+struct Conn {
+    acceptor: TlsAcceptor,
+    router: Router,
+    builders: Builders,
+    metrics: Arc<ConnMetrics>,
+    stop: CancellationToken,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Conn {
+    /// One connection: the TLS handshake, then HTTP (by ALPN) until it ends, the server stops
+    /// or it has been idle for `idle_timeout`.
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        let Some(tls) = self.handshake(tcp, peer).await else {
+            return;
+        };
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::H2,
+            Some(_) => Protocol::Http1,
+            None => Protocol::NoAlpn,
+        };
+        let _open = self.metrics.open(protocol);
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let activity = activity.clone();
+            let router = self.router.clone();
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let guard = activity.begin();
+                let call = router.clone().oneshot(req.map(Body::new));
+                async move {
+                    let response = call.await;
+                    drop(guard);
+                    response
+                }
+            })
+        };
+        let builder = match protocol {
+            Protocol::H2 => &self.builders.h2,
+            Protocol::Http1 => &self.builders.h1,
+            Protocol::NoAlpn => &self.builders.sniff,
+        };
+        let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
+        let opened = Instant::now();
+        let mut closing = false;
+        let idle_timeout = self.idle_timeout;
+        let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.stop.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick(), if !closing => {
+                    if activity.idle_since(opened).is_some_and(|t| t.elapsed() >= idle_timeout) {
+                        tracing::debug!(%peer, ?protocol, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The TLS handshake within `handshake_timeout`, counted.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.metrics.handshake(Handshake::Ok);
+                Some(tls)
+            }
+            Ok(Err(error)) => {
+                self.metrics.handshake(Handshake::Failed);
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.handshake(Handshake::TimedOut);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+impl Builders {
+    /// HTTP/1.1, HTTP/2 and sniffing connection builders with `limits`.
+    fn new(limits: &Limits) -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.h2_max_header_list_bytes)
+            .keep_alive_interval(limits.h2_keep_alive_interval)
+            .keep_alive_timeout(limits.h2_keep_alive_timeout)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            // Rapid-reset (CVE-2023-44487) bounds, hyper's defaults made explicit.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        Self {
+            h1: http.clone().http1_only(),
+            h2: http.clone().http2_only(),
+            sniff: http,
+        }
     }
 }
 

@@ -390,6 +390,19 @@ impl AzureHttp {
 
     /// Sends `call`, retrying transient failures; `Ok` only for a 2xx answer.
     pub async fn send(&self, call: Call<'_>) -> Result<Answer, AzureError> {
+        let path = request_path(call.url);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.attempt(&call, &path, attempt).await? {
+                Step::Answer(answer) => return Ok(answer),
+                Step::Retry(delay) => tokio::time::sleep(delay).await,
+            }
+        }
+    }
+
+    /// One try of `call`: the answer, the delay before the next try, or the final error.
+    async fn attempt(&self, call: &Call<'_>, path: &str, attempt: u32) -> Result<Step, AzureError> {
         let Call {
             service,
             scope,
@@ -398,113 +411,123 @@ impl AzureHttp {
             url,
             body,
         } = call;
-        let path = url
-            .split('?')
-            .next()
-            .unwrap_or(url)
-            .split_once("://")
-            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
-            .unwrap_or_default();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let token = self
-                .tokens
-                .token(tenant, scope)
-                .await
-                .map_err(|source| AzureError::Token {
-                    service,
-                    tenant: tenant.to_owned(),
-                    source,
-                })?;
-            let mut request = self
-                .client
-                .request(method.clone(), url)
-                .bearer_auth(token)
-                .timeout(self.timeout)
-                .header("client-request-id", uuid_v4());
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let started = std::time::Instant::now();
-            let result = request.send().await;
-            let response = match result {
-                Ok(r) => r,
-                Err(source) => {
-                    self.count(service, &method, "transport");
-                    if attempt < self.retry.max_attempts {
-                        let delay = self.retry.delay(attempt - 1, None);
-                        tracing::debug!(%service, method = %method, %path, attempt, error = %source, ?delay, "retrying after a transport error");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    return Err(AzureError::Transport {
-                        service,
-                        method: method.to_string(),
-                        path,
-                        attempts: attempt,
-                        source,
-                    });
+        let (service, can_retry) = (*service, attempt < self.retry.max_attempts);
+        let transport = |source| AzureError::Transport {
+            service,
+            method: method.to_string(),
+            path: path.to_owned(),
+            attempts: attempt,
+            source,
+        };
+        let token = self.token(service, tenant, scope).await?;
+        let mut request = self
+            .client
+            .request(method.clone(), *url)
+            .bearer_auth(token)
+            .timeout(self.timeout)
+            .header("client-request-id", uuid_v4());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let started = std::time::Instant::now();
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                self.count(service, method, "transport");
+                if can_retry {
+                    let delay = self.retry.delay(attempt - 1, None);
+                    tracing::debug!(%service, method = %method, %path, attempt, error = %source, ?delay, "retrying after a transport error");
+                    return Ok(Step::Retry(delay));
                 }
-            };
-            let status = response.status();
-            self.count(service, &method, status.as_str());
-            let wait = retry_after(response.headers());
-            let bytes = match read_body(response).await {
-                Ok(b) => b,
-                Err(source) => {
-                    if attempt < self.retry.max_attempts {
-                        tokio::time::sleep(self.retry.delay(attempt - 1, None)).await;
-                        continue;
-                    }
-                    return Err(AzureError::Transport {
-                        service,
-                        method: method.to_string(),
-                        path,
-                        attempts: attempt,
-                        source,
-                    });
-                }
-            };
-            tracing::trace!(%service, method = %method, %path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "azure call");
-            if status.is_success() {
-                let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).map_err(|e| AzureError::Decode {
-                        service,
-                        method: method.to_string(),
-                        path: path.clone(),
-                        reason: format!("not JSON: {e}"),
-                    })?
-                };
-                return Ok(Answer {
-                    status: status.as_u16(),
-                    body,
-                });
+                return Err(transport(source));
             }
-            let (code, message) = error_body(&bytes, status);
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || (status.is_server_error()
-                    && status != StatusCode::NOT_IMPLEMENTED
-                    && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
-                || (status == StatusCode::CONFLICT && code == ARM_CONCURRENT_WRITES);
-            if retryable && attempt < self.retry.max_attempts {
-                let delay = self.retry.delay(attempt - 1, wait);
-                tracing::debug!(%service, method = %method, %path, status = status.as_u16(), %code, attempt, ?delay, "retrying");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-            return Err(AzureError::Api {
+        };
+        let status = response.status();
+        self.count(service, method, status.as_str());
+        let wait = retry_after(response.headers());
+        let bytes = match read_body(response).await {
+            Ok(b) => b,
+            Err(_) if can_retry => return Ok(Step::Retry(self.retry.delay(attempt - 1, None))),
+            Err(source) => return Err(transport(source)),
+        };
+        tracing::trace!(%service, method = %method, %path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "azure call");
+        if status.is_success() {
+            let body = success_body(&bytes).map_err(|reason| AzureError::Decode {
                 service,
                 method: method.to_string(),
-                path,
+                path: path.to_owned(),
+                reason,
+            })?;
+            return Ok(Step::Answer(Answer {
                 status: status.as_u16(),
-                code,
-                message,
-            });
+                body,
+            }));
         }
+        let (code, message) = error_body(&bytes, status);
+        if retryable(status, &code) && can_retry {
+            let delay = self.retry.delay(attempt - 1, wait);
+            tracing::debug!(%service, method = %method, %path, status = status.as_u16(), %code, attempt, ?delay, "retrying");
+            return Ok(Step::Retry(delay));
+        }
+        Err(AzureError::Api {
+            service,
+            method: method.to_string(),
+            path: path.to_owned(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
     }
+}
+
+impl AzureHttp {
+    /// A token for `scope` in `tenant`.
+    async fn token(&self, service: Service, tenant: &str, scope: &str) -> Result<String, AzureError> {
+        self.tokens
+            .token(tenant, scope)
+            .await
+            .map_err(|source| AzureError::Token {
+                service,
+                tenant: tenant.to_owned(),
+                source,
+            })
+    }
+}
+
+/// What one try of a call ends with, short of a final error.
+enum Step {
+    /// A 2xx answer.
+    Answer(Answer),
+    /// A transient failure: try again after this delay.
+    Retry(Duration),
+}
+
+/// The path of `url`, without scheme, host or query (for logs and errors).
+fn request_path(url: &str) -> String {
+    url.split('?')
+        .next()
+        .unwrap_or(url)
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+        .unwrap_or_default()
+}
+
+/// The JSON body of a 2xx answer (`null` when empty).
+fn success_body(bytes: &[u8]) -> Result<Value, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// Whether an error answer is worth another try: throttling, most 5xx, and ARM's
+/// concurrent-write conflict.
+fn retryable(status: StatusCode, code: &str) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error()
+            && status != StatusCode::NOT_IMPLEMENTED
+            && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        || (status == StatusCode::CONFLICT && code == ARM_CONCURRENT_WRITES)
 }
 
 async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
