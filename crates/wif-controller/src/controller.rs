@@ -110,10 +110,12 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         ns_config,
     )
     .default_backoff()
+    .modify(|ns| ns.managed_fields_mut().clear())
     .reflect(ns_writer);
     let (service_accounts, sa_writer) = reflector::store();
     let sa_events = watcher(sa_api, watcher::Config::default())
         .default_backoff()
+        .modify(crate::service_account::keep_own_managed_fields)
         .reflect(sa_writer);
 
     let pools = Controller::new(
@@ -127,8 +129,15 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     )
     .default_backoff();
 
-    let controller = Controller::new(bindings_api, watcher::Config::default());
-    let bindings = controller.store();
+    // Cached without managedFields: nothing reads them, and at 10,000 bindings their decoded
+    // JSON trees were most of the controller's memory.
+    let (bindings, binding_writer) = reflector::store();
+    let binding_events = watcher(bindings_api, watcher::Config::default())
+        .default_backoff()
+        .modify(|b| b.managed_fields_mut().clear())
+        .reflect(binding_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(binding_events, bindings.clone());
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
     let stores = Stores {
         bindings: bindings.clone(),

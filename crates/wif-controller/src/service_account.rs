@@ -39,6 +39,19 @@ pub fn owned_annotations(sa: &CachedServiceAccount, manager: &str) -> Vec<String
         .collect()
 }
 
+/// Drops the managedFields entries of other managers before `sa` is cached: ownership is all
+/// the controller reads from them, and on a big cluster every ServiceAccount's entries (each a
+/// decoded JSON tree) cost more memory than the rest of its metadata.
+pub fn keep_own_managed_fields(sa: &mut CachedServiceAccount) {
+    if let Some(entries) = sa.metadata.managed_fields.as_mut() {
+        entries.retain(|m| {
+            m.manager
+                .as_deref()
+                .is_some_and(|manager| manager.starts_with(crate::CONTROLLER_NAME))
+        });
+    }
+}
+
 /// What the annotations of a ServiceAccount need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnnotationPlan {
@@ -234,6 +247,34 @@ mod tests {
     }
 
     const M: &str = "wif-controller.b";
+
+    #[test]
+    fn only_our_managed_fields_are_cached_and_ownership_reads_the_same() {
+        let mut s = sa(
+            &[],
+            &[
+                (M, "Apply", ours_fields()),
+                ("wif-controller.other", "Apply", ours_fields()),
+                (
+                    "kubectl-client-side-apply",
+                    "Update",
+                    json!({"f:metadata": {"f:labels": {}}}),
+                ),
+                ("kube-controller-manager", "Update", json!({"f:secrets": {}})),
+            ],
+        );
+        let before = owned_annotations(&s, M);
+        keep_own_managed_fields(&mut s);
+        let managers: Vec<_> = s
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert_eq!(managers, vec![M.to_owned(), "wif-controller.other".to_owned()]);
+        assert_eq!(owned_annotations(&s, M), before);
+    }
 
     #[test]
     fn owned_annotations_come_from_our_apply_entries_only() {
