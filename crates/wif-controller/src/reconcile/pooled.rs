@@ -11,11 +11,7 @@
 //! planned under the identity's lock against its real list with the pool's capacity as the
 //! limit (so even a stale count never puts a credential beyond it).
 
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-};
-use serde_json::json;
+use kube::ResourceExt;
 use wif_api::{
     FederatedIdentityBinding, FederatedIdentityBindingStatus, FederatedIdentityPool, PlacementStatus,
     PoolIdentity,
@@ -373,21 +369,7 @@ async fn record(
 ) -> Result<(), Error> {
     let mut status = old.clone();
     status.placement = Some(placement.clone());
-    let api: Api<FederatedIdentityBinding> =
-        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": FederatedIdentityBinding::api_version(&()),
-        "kind": FederatedIdentityBinding::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &b.name_any(),
-        &PatchParams::apply(naming::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
+    super::status::apply_status(ctx, b, &status).await
 }
 
 /// The parent of the credential a moving binding leaves.

@@ -125,22 +125,32 @@ pub async fn publish(ctx: &Context, b: &FederatedIdentityBinding, report: Report
     let old = report.old.clone();
     let (status, notes) = conditions_and_notes(report, b.metadata.generation, Timestamp::now());
     if status != old {
-        let api: Api<FederatedIdentityBinding> =
-            Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": FederatedIdentityBinding::api_version(&()),
-            "kind": FederatedIdentityBinding::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &b.name_any(),
-            &PatchParams::apply(naming::FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        apply_status(ctx, b, &status).await?;
     }
     publish_events(ctx, b, notes).await;
+    Ok(())
+}
+
+/// Server-side applies `status` as the binding's whole status (wif's field manager, forced).
+pub(crate) async fn apply_status(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    status: &FederatedIdentityBindingStatus,
+) -> Result<(), Error> {
+    let api: Api<FederatedIdentityBinding> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": FederatedIdentityBinding::api_version(&()),
+        "kind": FederatedIdentityBinding::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &b.name_any(),
+        &PatchParams::apply(naming::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
     Ok(())
 }
 
