@@ -101,10 +101,10 @@ fn seeding_refuses_invalid_credentials_and_foreign_subscriptions() {
     assert!(state.apply_seed(&other, &Settings::default()).is_err());
 }
 
-#[tokio::test]
-async fn store_persists_and_reloads() {
+/// A store in a fresh directory, with `seed()` applied through `update`.
+async fn seeded_store(persist: bool) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), true).await.expect("opens");
+    let store = Store::open(dir.path(), persist).await.expect("opens");
     store
         .update(|s| {
             s.apply_seed(&seed(), &Settings::default())
@@ -112,6 +112,12 @@ async fn store_persists_and_reloads() {
         })
         .await
         .expect("updates");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn store_persists_and_reloads() {
+    let (dir, _store) = seeded_store(true).await;
     let reopened = Store::open(dir.path(), true).await.expect("reopens");
     let count = reopened.read(|s| s.tenants.len()).await;
     assert_eq!(count, 1);
@@ -119,15 +125,7 @@ async fn store_persists_and_reloads() {
 
 #[tokio::test]
 async fn a_store_without_persistence_changes_in_memory_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), false).await.expect("opens");
-    store
-        .update(|s| {
-            s.apply_seed(&seed(), &Settings::default())
-                .map_err(|_| PersistFailed)
-        })
-        .await
-        .expect("updates");
+    let (dir, store) = seeded_store(false).await;
     assert_eq!(store.read(|s| s.tenants.len()).await, 1, "the change is served");
     assert!(!dir.path().join(STATE_FILE).exists(), "nothing written");
     let reopened = Store::open(dir.path(), true).await.expect("reopens");
