@@ -15,8 +15,8 @@ use wif_api::{DEFAULT_SERVICE_ACCOUNT, MutationConfig};
 
 use crate::{
     metrics::{Metrics, Outcome},
-    mutate::mutate_view,
-    service_accounts::ServiceAccountCache,
+    mutate::{Mutation, mutate_view},
+    service_accounts::{CachedServiceAccount, ServiceAccountCache},
     skips::{Reason, Result_::*},
     view::PodView,
 };
@@ -258,14 +258,7 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let span = tracing::Span::current();
     span.record("namespace", namespace);
-    span.record(
-        "pod",
-        pod.metadata
-            .name
-            .as_deref()
-            .or(pod.metadata.generate_name.as_deref())
-            .unwrap_or_default(),
-    );
+    span.record("pod", pod_name(&pod));
 
     if pod.metadata.labels.get(wif_api::USE_LABEL) != Some(wif_api::USE_LABEL_VALUE) {
         // Only the chart's `explain` webhook sends such pods: say why they are left alone.
@@ -273,19 +266,53 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
         // into a dependency of every pod.
         return (explain_skip(state, &pod, uid).await, Outcome::Unchanged);
     }
+    let sa_name = service_account_name(&pod);
+    let sa = match service_account(state, namespace, sa_name, uid).await {
+        Ok(sa) => sa,
+        Err(refused) => return refused,
+    };
+    match mutate_view(&pod, &sa, &state.config) {
+        Ok(mutation) => allow(state, uid, sa_name, &sa, mutation),
+        Err(denial) => {
+            tracing::info!(reason = %denial, "denied");
+            state.metrics.admissions.inc(Refused, Reason::InvalidPod);
+            (Decision::deny(uid, denial.to_string(), 400), Outcome::Denied)
+        }
+    }
+}
 
-    let sa_name = pod
-        .spec
+/// The pod's name, or its `generateName` prefix when the name is not chosen yet.
+fn pod_name<'p>(pod: &'p PodView<'_>) -> &'p str {
+    pod.metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or_default()
+}
+
+/// `spec.serviceAccountName`, `default` when unset or empty.
+fn service_account_name<'p>(pod: &'p PodView<'_>) -> &'p str {
+    pod.spec
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref())
         .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
-    let sa = match state.service_accounts.get(namespace, sa_name).await {
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+}
+
+/// The pod's ServiceAccount from the cache, or the refusal to answer when it does not exist or
+/// cannot be looked up.
+async fn service_account(
+    state: &AdmissionState,
+    namespace: &str,
+    sa_name: &str,
+    uid: &str,
+) -> Result<Arc<CachedServiceAccount>, (Decision, Outcome)> {
+    match state.service_accounts.get(namespace, sa_name).await {
         Ok((Some(sa), missed)) => {
             if missed {
                 state.metrics.cache_misses.inc();
             }
-            sa
+            Ok(sa)
         }
         Ok((None, _)) => {
             let msg = format!(
@@ -297,56 +324,56 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
                 .metrics
                 .admissions
                 .inc(Refused, Reason::ServiceAccountMissing);
-            return (Decision::deny(uid, msg, 400), Outcome::Denied);
+            Err((Decision::deny(uid, msg, 400), Outcome::Denied))
         }
         Err(error) => {
             tracing::error!(%error, "ServiceAccount lookup failed");
             state.metrics.admissions.inc(Refused, Reason::Error);
-            return (Decision::deny(uid, error.to_string(), 500), Outcome::Error);
+            Err((Decision::deny(uid, error.to_string(), 500), Outcome::Error))
         }
-    };
+    }
+}
 
-    match mutate_view(&pod, &sa, &state.config) {
-        Ok(mutation) => {
-            let mut response = Decision::allow(uid);
-            if mutation.is_noop() {
-                tracing::debug!("nothing to inject");
-                state.metrics.admissions.inc(Skipped, Reason::AlreadyMutated);
-                response.warnings = non_empty(mutation.warnings);
-                return (response, Outcome::Unchanged);
-            }
-            match mutation.patch_json().and_then(|patch| base64_string(&patch)) {
-                Ok(patch) => {
-                    tracing::info!(service_account = %sa_name, edits = mutation.edits.len(), "pod mutated");
-                    let reason = if sa
-                        .annotations
-                        .get(wif_api::CLIENT_ID_ANNOTATION)
-                        .is_some_and(|v| !v.is_empty())
-                    {
-                        Reason::Injected
-                    } else {
-                        Reason::NoClientId
-                    };
-                    state.metrics.admissions.inc(Mutated, reason);
-                    response.patch = Some(patch);
-                    response.patch_type = Some("JSONPatch");
-                    response.warnings = non_empty(mutation.warnings);
-                    (response, Outcome::Mutated)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "failed to encode patch");
-                    state.metrics.admissions.inc(Refused, Reason::Error);
-                    (
-                        Decision::deny(uid, format!("failed to encode the patch: {error}"), 500),
-                        Outcome::Error,
-                    )
-                }
-            }
+/// The answer for an allowed pod: its patch (if anything is injected) and warnings.
+fn allow(
+    state: &AdmissionState,
+    uid: &str,
+    sa_name: &str,
+    sa: &CachedServiceAccount,
+    mutation: Mutation,
+) -> (Decision, Outcome) {
+    let mut response = Decision::allow(uid);
+    if mutation.is_noop() {
+        tracing::debug!("nothing to inject");
+        state.metrics.admissions.inc(Skipped, Reason::AlreadyMutated);
+        response.warnings = non_empty(mutation.warnings);
+        return (response, Outcome::Unchanged);
+    }
+    match mutation.patch_json().and_then(|patch| base64_string(&patch)) {
+        Ok(patch) => {
+            tracing::info!(service_account = %sa_name, edits = mutation.edits.len(), "pod mutated");
+            let has_client_id = sa
+                .annotations
+                .get(wif_api::CLIENT_ID_ANNOTATION)
+                .is_some_and(|v| !v.is_empty());
+            let reason = if has_client_id {
+                Reason::Injected
+            } else {
+                Reason::NoClientId
+            };
+            state.metrics.admissions.inc(Mutated, reason);
+            response.patch = Some(patch);
+            response.patch_type = Some("JSONPatch");
+            response.warnings = non_empty(mutation.warnings);
+            (response, Outcome::Mutated)
         }
-        Err(denial) => {
-            tracing::info!(reason = %denial, "denied");
-            state.metrics.admissions.inc(Refused, Reason::InvalidPod);
-            (Decision::deny(uid, denial.to_string(), 400), Outcome::Denied)
+        Err(error) => {
+            tracing::error!(%error, "failed to encode patch");
+            state.metrics.admissions.inc(Refused, Reason::Error);
+            (
+                Decision::deny(uid, format!("failed to encode the patch: {error}"), 500),
+                Outcome::Error,
+            )
         }
     }
 }
@@ -354,20 +381,8 @@ async fn admit(state: &AdmissionState, request: Request<'_>) -> (Decision, Outco
 /// Allows a pod without the label, with warnings saying why it is not mutated.
 async fn explain_skip(state: &AdmissionState, pod: &PodView<'_>, uid: &str) -> Decision {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let sa_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.as_deref())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
-    let pod_ref = format!(
-        "{namespace}/{}",
-        pod.metadata
-            .name
-            .as_deref()
-            .or(pod.metadata.generate_name.as_deref())
-            .unwrap_or_default()
-    );
+    let sa_name = service_account_name(pod);
+    let pod_ref = format!("{namespace}/{}", pod_name(pod));
     let looked_up = state.service_accounts.get(namespace, sa_name).await;
     let sa = match &looked_up {
         Ok((sa, _)) => sa.as_deref(),

@@ -3,10 +3,12 @@
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -21,13 +23,14 @@ use axum::{
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+    server::{conn::auto, graceful::GracefulConnection},
 };
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Semaphore, oneshot},
 };
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
@@ -343,7 +346,7 @@ impl Conn {
             Some(_) => Protocol::Http1,
             None => Protocol::NoAlpn,
         };
-        let _open = self.metrics.open(protocol);
+        let open = self.metrics.open(protocol);
         let activity = Arc::new(Activity::default());
         let service = {
             let activity = activity.clone();
@@ -363,7 +366,29 @@ impl Conn {
             Protocol::Http1 => &self.builders.h1,
             Protocol::NoAlpn => &self.builders.sniff,
         };
-        let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
+        let (io, returned) = Returned::new(tls);
+        self.drive(
+            builder.serve_connection(TokioIo::new(io), service),
+            &activity,
+            peer,
+            protocol,
+        )
+        .await;
+        drop(open);
+        // hyper has dropped the stream by now, handing it back.
+        if let Ok(tls) = returned.await {
+            linger(tls).await;
+        }
+    }
+
+    /// Polls the HTTP connection until it ends; on stop or after `idle_timeout` without a
+    /// request, asks it to end gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
+    async fn drive<C>(&self, conn: C, activity: &Activity, peer: SocketAddr, protocol: Protocol)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let mut conn = std::pin::pin!(conn);
         let opened = Instant::now();
         let mut closing = false;
         let idle_timeout = self.idle_timeout;
@@ -412,6 +437,117 @@ impl Conn {
                 tracing::debug!(%peer, "TLS handshake timed out");
                 None
             }
+        }
+    }
+}
+
+/// How long a closed connection keeps reading (and discarding) what the peer still sends.
+///
+/// A client may write a request just before it reads our HTTP/2 GOAWAY or the end of an HTTP/1.1
+/// keep-alive connection. Were the socket closed at once, the kernel would answer those bytes
+/// with a reset, and the client (the API server) would report "write: broken pipe" or
+/// "connection reset" and fail the admission, instead of seeing the GOAWAY and retrying the
+/// request elsewhere. One second, as Go's HTTP/2 server gives after its final GOAWAY.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Ends the TLS session (close_notify and FIN, unless hyper already did) and reads until the
+/// peer closes or [`CLOSE_LINGER`] passes. Bytes are discarded undecrypted: nothing after our
+/// close is answered.
+async fn linger(mut tls: TlsStream<TcpStream>) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let _ = tls.shutdown().await;
+        let (mut tcp, _) = tls.into_inner();
+        let mut sink = vec![0u8; 2048];
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The connection's stream, handed back through a channel when hyper drops it, so that the
+/// connection task can [`linger`] before closing the socket.
+struct Returned {
+    io: Option<TlsStream<TcpStream>>,
+    back: Option<oneshot::Sender<TlsStream<TcpStream>>>,
+}
+
+impl Returned {
+    fn new(io: TlsStream<TcpStream>) -> (Self, oneshot::Receiver<TlsStream<TcpStream>>) {
+        let (back, returned) = oneshot::channel();
+        let io = Self {
+            io: Some(io),
+            back: Some(back),
+        };
+        (io, returned)
+    }
+
+    fn io(&mut self) -> std::io::Result<Pin<&mut TlsStream<TcpStream>>> {
+        self.io
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            // The receiver is gone only when the connection task itself was dropped.
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl AsyncRead for Returned {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => io.poll_read(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
+impl AsyncWrite for Returned {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => io.poll_write(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io() {
+            Ok(io) => io.poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => io.poll_flush(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io() {
+            Ok(io) => io.poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
         }
     }
 }
