@@ -351,11 +351,21 @@ impl Conn {
         let service = {
             let activity = activity.clone();
             let router = self.router.clone();
+            // HTTP/1.1 after stop: every response ends its connection (see `drive`).
+            let stop = (protocol != Protocol::H2).then(|| self.stop.clone());
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let guard = activity.begin();
                 let call = router.clone().oneshot(req.map(Body::new));
+                let stop = stop.clone();
                 async move {
-                    let response = call.await;
+                    let mut response = call.await;
+                    if stop.is_some_and(|s| s.is_cancelled())
+                        && let Ok(response) = response.as_mut()
+                    {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                    }
                     drop(guard);
                     response
                 }
@@ -381,8 +391,13 @@ impl Conn {
         }
     }
 
-    /// Polls the HTTP connection until it ends; on stop or after `idle_timeout` without a
-    /// request, asks it to end gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
+    /// Polls the HTTP connection until it ends; after `idle_timeout` without a request, asks it
+    /// to end gracefully. On stop, HTTP/2 ends at once with GOAWAY (the client retries what we
+    /// did not take). HTTP/1.1 has no such signal: a connection closed while idle can meet a
+    /// request the client is writing, which the client (the API server) cannot retry and
+    /// reports as "EOF". So an HTTP/1.1 connection stays open after stop, each response says
+    /// `Connection: close` (hyper then closes after it), and only one that stayed quiet for
+    /// [`STOP_IDLE_GRACE`] is closed by us.
     async fn drive<C>(&self, conn: C, activity: &Activity, peer: SocketAddr, protocol: Protocol)
     where
         C: GracefulConnection,
@@ -390,9 +405,9 @@ impl Conn {
     {
         let mut conn = std::pin::pin!(conn);
         let opened = Instant::now();
-        let mut closing = false;
-        let idle_timeout = self.idle_timeout;
-        let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+        let (mut closing, mut stopped_at) = (false, None);
+        let mut idle_limit = self.idle_timeout;
+        let mut tick = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(100)));
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -401,13 +416,20 @@ impl Conn {
                     }
                     return;
                 }
-                () = self.stop.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                () = self.stop.cancelled(), if stopped_at.is_none() && !closing => {
+                    if protocol == Protocol::H2 {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        stopped_at = Some(Instant::now());
+                        idle_limit = STOP_IDLE_GRACE;
+                        tick = tokio::time::interval(STOP_IDLE_GRACE / 4);
+                    }
                 }
                 _ = tick.tick(), if !closing => {
-                    if activity.idle_since(opened).is_some_and(|t| t.elapsed() >= idle_timeout) {
-                        tracing::debug!(%peer, ?protocol, "closing idle connection");
+                    let quiet = activity.idle_since(opened).map(|t| stopped_at.map_or(t, |s| t.max(s)));
+                    if quiet.is_some_and(|t| t.elapsed() >= idle_limit) {
+                        tracing::debug!(%peer, ?protocol, stopping = stopped_at.is_some(), "closing idle connection");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -440,6 +462,9 @@ impl Conn {
         }
     }
 }
+
+/// After stop, an HTTP/1.1 connection without a request for this long is closed (see `drive`).
+const STOP_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a closed connection keeps reading (and discarding) what the peer still sends.
 ///

@@ -108,3 +108,42 @@ async fn a_connection_closed_when_idle_reads_what_the_client_still_sends() {
     write_after_close(addr, &tls, async || {}).await;
     stop.cancel();
 }
+
+#[tokio::test]
+async fn after_stop_an_http1_connection_answers_its_next_request_with_connection_close() {
+    let stop = CancellationToken::new();
+    let (addr, tls, task) = serve(Limits::default(), stop.clone()).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tls.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = || {
+        axum::http::Request::post("/mutate-v1-pod")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let before = send.send_request(request()).await.unwrap();
+    assert!(before.headers().get("connection").is_none(), "{before:?}");
+
+    // The API server may be writing its next review on this kept-alive connection right now:
+    // stopping must not close it under that request.
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = send
+        .send_request(request())
+        .await
+        .expect("a kept-alive connection still answers after stop");
+    assert_eq!(after.headers().get("connection").unwrap(), "close", "{after:?}");
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection ends after the response that said close")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("drained")
+        .unwrap();
+}
