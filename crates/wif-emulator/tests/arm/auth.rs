@@ -15,65 +15,20 @@ async fn arm_requires_an_arm_token_for_the_subscription_tenant() {
     };
     let response = send(None).await.expect("send");
     assert!(response.headers().contains_key("www-authenticate"));
-    let status = response.status();
-    assert_arm_error(
-        status,
-        &response.json().await.expect("json"),
-        401,
-        "AuthenticationFailed",
-    );
+    assert_arm_response(response, 401, "AuthenticationFailed").await;
 
     let graph = env.bearer(GRAPH).await;
     let response = send(Some(graph)).await.expect("send");
-    let status = response.status();
-    assert_arm_error(
-        status,
-        &response.json().await.expect("json"),
-        401,
-        "InvalidAuthenticationTokenAudience",
-    );
+    assert_arm_response(response, 401, "InvalidAuthenticationTokenAudience").await;
 
     let mut foreign = env.issuer.claims(SUBJECT);
     foreign["aud"] = json!(ARM);
     let response = send(Some(env.issuer.rs256(&foreign))).await.expect("send");
-    let status = response.status();
-    assert_arm_error(
-        status,
-        &response.json().await.expect("json"),
-        401,
-        "InvalidAuthenticationToken",
-    );
+    assert_arm_response(response, 401, "InvalidAuthenticationToken").await;
 
-    let other_app = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
-    env.emulator
-        .admin()
-        .seed(&Seed {
-            tenants: vec![TenantSeed {
-                id: OTHER_TENANT.into(),
-                applications: vec![ApplicationSeed {
-                    display_name: "elsewhere".into(),
-                    app_id: Some(other_app.into()),
-                    ..ApplicationSeed::default()
-                }],
-                ..TenantSeed::default()
-            }],
-        })
-        .await
-        .expect("seed");
-    let other = env
-        .emulator
-        .admin()
-        .mint_token(OTHER_TENANT, other_app, ARM)
-        .await
-        .expect("mint");
+    let other = env.other_tenant_bearer(ARM).await;
     let response = send(Some(other)).await.expect("send");
-    let status = response.status();
-    assert_arm_error(
-        status,
-        &response.json().await.expect("json"),
-        401,
-        "InvalidAuthenticationTokenTenant",
-    );
+    assert_arm_response(response, 401, "InvalidAuthenticationTokenTenant").await;
 
     let response = send(Some(env.bearer(ARM).await)).await.expect("send");
     assert_eq!(response.status(), StatusCode::OK);
@@ -91,13 +46,7 @@ async fn unsigned_tokens_are_refused_by_arm_and_graph_with_a_challenge() {
             .get(&format!("{}?{ARM_API}", env.identity_url(IDENTITY)), &token)
             .await;
         assert!(response.headers().contains_key("www-authenticate"));
-        let status = response.status();
-        assert_arm_error(
-            status,
-            &response.json().await.expect("json"),
-            401,
-            "InvalidAuthenticationToken",
-        );
+        assert_arm_response(response, 401, "InvalidAuthenticationToken").await;
 
         let response = env.get(&env.graph("applications"), &token).await;
         assert!(response.headers().contains_key("www-authenticate"));

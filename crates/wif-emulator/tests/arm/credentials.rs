@@ -126,13 +126,7 @@ async fn credential_rules() {
         .send()
         .await
         .expect("send");
-    let status = response.status();
-    assert_arm_error(
-        status,
-        &response.json().await.expect("json"),
-        400,
-        "InvalidRequestContent",
-    );
+    assert_arm_response(response, 400, "InvalidRequestContent").await;
 
     // 20 per identity: 1 is seeded.
     for i in 0..19 {
@@ -210,9 +204,7 @@ async fn concurrent_writes_to_one_identity_get_409() {
 
     // Different identities may be written in parallel; sequential writes are fine.
     let other = format!("{}?{ARM_API}", env.identity_url("second"));
-    let (status, _) = arm
-        .call(Method::PUT, &other, Some(json!({"location": "westeurope"})))
-        .await;
+    let (status, _) = arm.put_in_westeurope(&other).await;
     assert_eq!(status, StatusCode::CREATED);
     let (a, b) = tokio::join!(
         arm.call(

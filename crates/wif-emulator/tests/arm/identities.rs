@@ -32,9 +32,7 @@ async fn identities_put_get_list_delete() {
             .is_some_and(|id| id.starts_with(&format!("/subscriptions/{SUBSCRIPTION}/resourcegroups/rg/")))
     );
 
-    let (status, again) = arm
-        .call(Method::PUT, &url, Some(json!({"location": "westeurope"})))
-        .await;
+    let (status, again) = arm.put_in_westeurope(&url).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         again["properties"]["clientId"],
@@ -76,11 +74,7 @@ async fn an_identity_created_through_arm_can_exchange_tokens() {
     let env = Env::start().await;
     let arm = Arm::new(&env).await;
     let (status, identity) = arm
-        .call(
-            Method::PUT,
-            &format!("{}?{ARM_API}", env.identity_url("fresh")),
-            Some(json!({"location": "westeurope"})),
-        )
+        .put_in_westeurope(&format!("{}?{ARM_API}", env.identity_url("fresh")))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let client_id = identity["properties"]["clientId"]

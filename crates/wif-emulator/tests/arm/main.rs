@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wif_emulator::{ApplicationSeed, Seed, SettingsPatch, TenantSeed};
+use wif_emulator::{Seed, SettingsPatch, TenantSeed};
 
 struct Arm<'a> {
     env: &'a Env,
@@ -28,6 +28,12 @@ impl Arm<'_> {
 
     async fn call(&self, method: Method, url: impl AsRef<str>, body: Option<Value>) -> (StatusCode, Value) {
         self.env.call(&self.token, method, url.as_ref(), body).await
+    }
+
+    /// `PUT url` of a resource located in westeurope.
+    async fn put_in_westeurope(&self, url: impl AsRef<str>) -> (StatusCode, Value) {
+        self.call(Method::PUT, url, Some(json!({ "location": "westeurope" })))
+            .await
     }
 
     fn fic_url(&self, identity: &str, fic: &str) -> String {
@@ -51,4 +57,11 @@ fn assert_arm_error(status: StatusCode, body: &Value, want: u16, code: &str) {
     assert_eq!(status.as_u16(), want, "{body:#}");
     assert_eq!(body["error"]["code"], code, "{body:#}");
     assert!(body["error"]["message"].is_string(), "{body:#}");
+}
+
+/// Asserts that `response` is ARM error `code` with status `want` (and a message).
+async fn assert_arm_response(response: reqwest::Response, want: u16, code: &str) {
+    let status = response.status();
+    let body = response.json().await.expect("json");
+    assert_arm_error(status, &body, want, code);
 }

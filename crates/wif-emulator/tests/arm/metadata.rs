@@ -117,46 +117,16 @@ async fn subscriptions_and_resource_groups_are_listed_and_missing_ones_get_arm_e
     let in_missing = format!(
         "{root}/subscriptions/{SUBSCRIPTION}/resourceGroups/missing/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fresh-mi?{ARM_API}"
     );
-    let (status, body) = arm
-        .call(
-            Method::PUT,
-            &in_missing,
-            Some(json!({ "location": "westeurope" })),
-        )
-        .await;
+    let (status, body) = arm.put_in_westeurope(&in_missing).await;
     assert_arm_error(status, &body, 404, "ResourceGroupNotFound");
 
-    let (status, body) = arm
-        .call(
-            Method::PUT,
-            format!("{groups}/missing?{api}"),
-            Some(json!({ "location": "westeurope" })),
-        )
-        .await;
+    let (status, body) = arm.put_in_westeurope(format!("{groups}/missing?{api}")).await;
     assert_eq!(status, StatusCode::CREATED, "{body:#}");
-    let (status, _) = arm
-        .call(
-            Method::PUT,
-            format!("{groups}/missing?{api}"),
-            Some(json!({ "location": "westeurope" })),
-        )
-        .await;
+    let (status, _) = arm.put_in_westeurope(format!("{groups}/missing?{api}")).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = arm
-        .call(
-            Method::PUT,
-            &in_missing,
-            Some(json!({ "location": "westeurope" })),
-        )
-        .await;
+    let (status, body) = arm.put_in_westeurope(&in_missing).await;
     assert_eq!(status, StatusCode::CREATED, "{body:#}");
-    let (status, body) = arm
-        .call(
-            Method::PUT,
-            format!("{groups}/bad.?{api}"),
-            Some(json!({ "location": "westeurope" })),
-        )
-        .await;
+    let (status, body) = arm.put_in_westeurope(format!("{groups}/bad.?{api}")).await;
     assert_arm_error(status, &body, 400, "InvalidResourceGroup");
 
     // Subscriptions seeded through the admin API appear; another tenant sees none of ours.
@@ -192,28 +162,7 @@ async fn subscriptions_and_resource_groups_are_listed_and_missing_ones_get_arm_e
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    let other_app = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
-    env.emulator
-        .admin()
-        .seed(&Seed {
-            tenants: vec![TenantSeed {
-                id: OTHER_TENANT.into(),
-                applications: vec![ApplicationSeed {
-                    display_name: "elsewhere".into(),
-                    app_id: Some(other_app.into()),
-                    ..ApplicationSeed::default()
-                }],
-                ..TenantSeed::default()
-            }],
-        })
-        .await
-        .expect("seed");
-    let other = env
-        .emulator
-        .admin()
-        .mint_token(OTHER_TENANT, other_app, ARM)
-        .await
-        .expect("mint");
+    let other = env.other_tenant_bearer(ARM).await;
     let (_, body) = env
         .call(&other, Method::GET, &format!("{root}/subscriptions?{api}"), None)
         .await;
