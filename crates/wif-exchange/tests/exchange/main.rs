@@ -22,7 +22,7 @@ use std::{
 };
 
 use common::*;
-use wif_exchange::{Error, TokenRequestOptions, TransportErrorKind, WorkloadIdentityCredential};
+use wif_exchange::{Error, TokenRequestOptions, TransportErrorKind};
 
 fn opts() -> TokenRequestOptions {
     TokenRequestOptions::default()

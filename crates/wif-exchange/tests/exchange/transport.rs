@@ -7,11 +7,7 @@ use super::*;
 async fn dead_endpoint_times_out_with_a_typed_error() {
     let (authority, connections) = dead_server().await;
     let pki = Pki::new();
-    let cred = WorkloadIdentityCredential::builder()
-        .tenant_id(TENANT)
-        .client_id(CLIENT)
-        .assertion(ASSERTION)
-        .authority_host(&authority)
+    let cred = builder_for(&authority)
         .add_root_certificates_pem(pki.ca_pem.as_bytes())
         .timeout(Duration::from_millis(300))
         .retry_policy(fast_retries(1))
@@ -61,11 +57,7 @@ async fn refused_connection_is_retried_then_typed() {
     let closed = tokio::net::TcpSocket::new_v4().unwrap();
     closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = closed.local_addr().unwrap().port();
-    let cred = WorkloadIdentityCredential::builder()
-        .tenant_id(TENANT)
-        .client_id(CLIENT)
-        .assertion(ASSERTION)
-        .authority_host(format!("https://127.0.0.1:{port}"))
+    let cred = builder_for(format!("https://127.0.0.1:{port}"))
         .retry_policy(fast_retries(2))
         .build()
         .unwrap();
@@ -87,11 +79,7 @@ async fn refused_connection_is_retried_then_typed() {
 async fn truncated_and_malformed_answers_are_typed() {
     let pki = Pki::new();
     let build = |authority: &str, retries| {
-        WorkloadIdentityCredential::builder()
-            .tenant_id(TENANT)
-            .client_id(CLIENT)
-            .assertion(ASSERTION)
-            .authority_host(authority)
+        builder_for(authority)
             .add_root_certificates_pem(pki.ca_pem.as_bytes())
             .retry_policy(fast_retries(retries))
             .build()
@@ -165,11 +153,7 @@ async fn truncated_and_malformed_answers_are_typed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_certificate_is_a_tls_error_and_not_retried() {
     let server = TestServer::issuing().await;
-    let cred = WorkloadIdentityCredential::builder()
-        .tenant_id(TENANT)
-        .client_id(CLIENT)
-        .assertion(ASSERTION)
-        .authority_host(&server.authority)
+    let cred = builder_for(&server.authority)
         .retry_policy(fast_retries(3))
         .build()
         .unwrap();
@@ -191,12 +175,6 @@ async fn untrusted_certificate_is_a_tls_error_and_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_authority_is_refused() {
-    let err = WorkloadIdentityCredential::builder()
-        .tenant_id(TENANT)
-        .client_id(CLIENT)
-        .assertion(ASSERTION)
-        .authority_host("http://127.0.0.1:8080/")
-        .build()
-        .unwrap_err();
+    let err = builder_for("http://127.0.0.1:8080/").build().unwrap_err();
     assert!(matches!(err, Error::InsecureAuthority { .. }), "{err:?}");
 }

@@ -92,6 +92,14 @@ fn counter(
         .get()
 }
 
+/// How many TLS handshakes ended with `result`.
+fn handshakes(metrics: &wif_webhook::metrics::ConnMetrics, result: wif_webhook::metrics::Handshake) -> u64 {
+    metrics
+        .handshakes
+        .get_or_create(&wif_webhook::metrics::HandshakeLabels { result })
+        .get()
+}
+
 #[tokio::test]
 async fn h2_and_http1_are_negotiated_by_alpn_and_both_mutate() {
     use wif_webhook::metrics::Protocol;
@@ -151,15 +159,7 @@ async fn h2_and_http1_are_negotiated_by_alpn_and_both_mutate() {
             .get(),
         1
     );
-    assert_eq!(
-        metrics
-            .handshakes
-            .get_or_create(&wif_webhook::metrics::HandshakeLabels {
-                result: wif_webhook::metrics::Handshake::Ok
-            })
-            .get(),
-        2
-    );
+    assert_eq!(handshakes(&metrics, wif_webhook::metrics::Handshake::Ok), 2);
     stop.cancel();
 }
 
@@ -187,27 +187,12 @@ async fn http2_can_be_turned_off_and_then_only_http1_is_offered() {
         .await;
     assert!(refused.is_err(), "no h2 when turned off");
     for _ in 0..50 {
-        if metrics
-            .handshakes
-            .get_or_create(&wif_webhook::metrics::HandshakeLabels {
-                result: wif_webhook::metrics::Handshake::Failed,
-            })
-            .get()
-            == 1
-        {
+        if handshakes(&metrics, wif_webhook::metrics::Handshake::Failed) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        metrics
-            .handshakes
-            .get_or_create(&wif_webhook::metrics::HandshakeLabels {
-                result: wif_webhook::metrics::Handshake::Failed
-            })
-            .get(),
-        1
-    );
+    assert_eq!(handshakes(&metrics, wif_webhook::metrics::Handshake::Failed), 1);
     stop.cancel();
 }
 

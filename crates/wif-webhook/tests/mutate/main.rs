@@ -194,6 +194,20 @@ fn has_token_mount(c: &Container) -> bool {
     })
 }
 
+/// Asserts that `err` refuses annotation `key` with `value` on pod apps/web.
+#[track_caller]
+fn assert_invalid_annotation(err: &Denial, key: &str, value: &str) {
+    match err {
+        Denial::InvalidAnnotation {
+            object,
+            key: k,
+            value: v,
+            ..
+        } => assert_eq!((object.as_str(), *k, v.as_str()), ("pod apps/web", key, value)),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A projected volume `volume_name` with one token at `path`, as a user might declare it.
 fn token_projection(volume_name: &str, path: &str) -> Volume {
     Volume {
