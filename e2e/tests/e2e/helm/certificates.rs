@@ -45,17 +45,7 @@ async fn existing_secret_mode_serves_the_operators_certificate() {
     let release_ns = TestNs::new("helm-es").await;
     let app = TestNs::new("helm-es-app").await;
     // The operator's certificate, in a Secret the chart mounts, and its CA as the caBundle.
-    let now = time::OffsetDateTime::now_utc();
-    let ca = wif_webhook::selfcert::generate_ca("operator-ca", now, Duration::from_secs(86400)).unwrap();
-    let leaf = wif_webhook::selfcert::issue_cert(
-        &ca.cert_pem,
-        &ca.key_pem,
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        now,
-        Duration::from_secs(86400),
-    )
-    .unwrap();
+    let (ca, leaf) = wif_e2e::webhook::localhost_pki("operator-ca", Duration::from_secs(86400));
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &leaf.cert_pem).unwrap();

@@ -16,7 +16,7 @@ mod readiness;
 mod recycling;
 mod skips;
 
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
@@ -38,6 +38,8 @@ use wif_e2e::{
     node::PAUSE_IMAGE,
     wif_bin,
 };
+
+use crate::doctor::doctor;
 
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 
@@ -151,27 +153,6 @@ async fn controller(ns: &TestNs, env: &ControllerEnv, recycle: bool) -> Controll
 
 async fn gone(pods: &Api<Pod>, name: &str) -> bool {
     matches!(pods.get_opt(name).await, Ok(None))
-}
-
-async fn doctor(ns: &TestNs, args: &[&str]) -> (Output, String) {
-    let kubeconfig = ns.cp.kubeconfig.clone();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(wif_bin())
-            .arg("doctor")
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
 }
 
 /// Deletes a cluster-scoped webhook configuration when dropped (also while a test unwinds).

@@ -13,17 +13,7 @@ async fn webhook_is_not_ready_before_its_service_account_cache_syncs() {
         .prefix("wif-e2e-ready-")
         .tempdir()
         .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let ca = wif_webhook::selfcert::generate_ca("wif-e2e", now, Duration::from_secs(3600)).unwrap();
-    let leaf = wif_webhook::selfcert::issue_cert(
-        &ca.cert_pem,
-        &ca.key_pem,
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        now,
-        Duration::from_secs(3600),
-    )
-    .unwrap();
+    let (_, leaf) = wif_e2e::webhook::localhost_pki("wif-e2e", Duration::from_secs(3600));
     std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
     // The test cluster's kubeconfig, pointed at a port where nothing listens (port 1 is
