@@ -168,7 +168,12 @@ impl Directory {
 /// spread over the interval (no thundering herd) while all bindings of one identity come due
 /// together and share one list. `jitter` (random, small) spreads the bindings of one identity
 /// a little. Never less than half an interval.
-pub(crate) fn next_resync(parent_key: &str, interval: Duration, jitter: Duration, now: SystemTime) -> Duration {
+pub(crate) fn next_resync(
+    parent_key: &str,
+    interval: Duration,
+    jitter: Duration,
+    now: SystemTime,
+) -> Duration {
     let interval_ms = interval.as_millis().max(1);
     let mut hasher = DefaultHasher::new();
     parent_key.hash(&mut hasher);
