@@ -230,17 +230,7 @@ async fn main() {
         .prefix("wif-bench-mem-")
         .tempdir()
         .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let ca = wif_webhook::selfcert::generate_ca("wif-bench", now, Duration::from_secs(86400)).unwrap();
-    let leaf = wif_webhook::selfcert::issue_cert(
-        &ca.cert_pem,
-        &ca.key_pem,
-        &["localhost".into()],
-        &["127.0.0.1".parse().unwrap()],
-        now,
-        Duration::from_secs(86400),
-    )
-    .unwrap();
+    let (_, leaf) = wif_e2e::webhook::localhost_pki("wif-bench", Duration::from_secs(86400));
     std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
 

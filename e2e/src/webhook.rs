@@ -14,6 +14,8 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
+use wif_webhook::selfcert::PemPair;
+
 use crate::{ChildGuard, TestNs, tail, wif_bin};
 
 /// How to start the webhook.
@@ -59,6 +61,23 @@ pub struct WebhookProcess {
     _dir: tempfile::TempDir,
 }
 
+/// A fresh CA named `ca_name` and a leaf it issued for `localhost` and 127.0.0.1, both valid for
+/// `lifetime` from now: (CA, leaf).
+pub fn localhost_pki(ca_name: &str, lifetime: Duration) -> (PemPair, PemPair) {
+    let now = time::OffsetDateTime::now_utc();
+    let ca = wif_webhook::selfcert::generate_ca(ca_name, now, lifetime).unwrap();
+    let leaf = wif_webhook::selfcert::issue_cert(
+        &ca.cert_pem,
+        &ca.key_pem,
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+        now,
+        lifetime,
+    )
+    .unwrap();
+    (ca, leaf)
+}
+
 impl WebhookProcess {
     /// Starts the webhook with a certificate from files, waits for `/readyz`, registers it for
     /// pods of `ns` (same rules as the Helm chart: objectSelector on the label, failurePolicy
@@ -74,17 +93,7 @@ impl WebhookProcess {
             .prefix("wif-e2e-hook-")
             .tempdir()
             .unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let ca = wif_webhook::selfcert::generate_ca("wif-e2e", now, Duration::from_secs(86400)).unwrap();
-        let leaf = wif_webhook::selfcert::issue_cert(
-            &ca.cert_pem,
-            &ca.key_pem,
-            &["localhost".into()],
-            &["127.0.0.1".parse().unwrap()],
-            now,
-            Duration::from_secs(86400),
-        )
-        .unwrap();
+        let (ca, leaf) = localhost_pki("wif-e2e", Duration::from_secs(86400));
         std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
         let cert_args = vec![

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// ARM's resource type of a user-assigned managed identity.
-pub const USER_ASSIGNED_IDENTITY_TYPE: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
+pub(crate) const USER_ASSIGNED_IDENTITY_TYPE: &str = "Microsoft.ManagedIdentity/userAssignedIdentities";
 
 /// Whether `s` is a GUID (`8-4-4-4-12` hex digits).
 pub fn is_guid(s: &str) -> bool {

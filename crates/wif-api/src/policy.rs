@@ -113,7 +113,8 @@ pub enum PolicyDecision {
 
 impl PolicyDecision {
     /// Whether the binding is granted.
-    pub fn is_granted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_granted(&self) -> bool {
         matches!(self, Self::Granted { .. })
     }
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Entra's (and ARM's) ceiling of federated credentials per identity.
-pub const MAX_CREDENTIALS_PER_IDENTITY: u32 = 20;
+pub(crate) const MAX_CREDENTIALS_PER_IDENTITY: u32 = 20;
 /// Percentage of a pool's capacity at which it is `NearlyFull`.
 pub const NEARLY_FULL_PERCENT: u32 = 90;
 

@@ -18,7 +18,7 @@ pub fn workspace_path(rel: &str) -> PathBuf {
 }
 
 /// The helm binary: `$WIF_HELM`, else the one `scripts/install-helm.sh` builds (once).
-pub fn helm_bin() -> PathBuf {
+pub(crate) fn helm_bin() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(p) = std::env::var("WIF_HELM") {

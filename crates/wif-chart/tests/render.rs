@@ -15,6 +15,17 @@ fn tenant() -> String {
     format!("azure.tenantId={TENANT}")
 }
 
+/// `helm template wif -n wif-system` with the tenant, the controller's identity and `values`
+/// (each one `--set key=value`).
+fn render(helm: &Helm, values: &[&str]) -> Vec<serde_json::Value> {
+    let tenant = tenant();
+    let all: Vec<&str> = [tenant.as_str(), CONTROLLER]
+        .into_iter()
+        .chain(values.iter().copied())
+        .collect();
+    helm.template("wif", "wif-system", &strs(&set(&all)))
+}
+
 #[test]
 #[ignore = "needs helm (make helm)"]
 fn chart_lints_and_renders_with_every_value_set() {
@@ -45,7 +56,7 @@ fn chart_lints_and_renders_with_every_value_set() {
     }
 
     // Default: self-managed certificates.
-    let objs = helm.template("wif", "wif-system", &["--set", &tenant(), "--set", CONTROLLER]);
+    let objs = render(&helm, &[]);
     let webhook = find(&objs, "Deployment", "wif-webhook");
     let spec = &webhook["spec"]["template"]["spec"];
     assert_eq!(webhook["spec"]["replicas"], 2);
@@ -138,18 +149,7 @@ fn chart_lints_and_renders_with_every_value_set() {
     );
 
     // cert-manager: Certificate + Issuer, CA injection into both configurations, files mode.
-    let objs = helm.template(
-        "wif",
-        "wif-system",
-        &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
-            "certs.mode=certManager",
-        ],
-    );
+    let objs = render(&helm, &["certs.mode=certManager"]);
     let cert = find(&objs, "Certificate", "wif-webhook");
     assert_eq!(cert["spec"]["secretName"], "wif-webhook-tls");
     assert_eq!(cert["spec"]["dnsNames"][0], "wif-webhook.wif-system.svc");
@@ -173,19 +173,11 @@ fn chart_lints_and_renders_with_every_value_set() {
             .any(|k| k == "Secret/wif-webhook-tls" || k == "Role/wif-webhook")
     );
     // ... or the operator's own issuer.
-    let objs = helm.template(
-        "wif",
-        "wif-system",
+    let objs = render(
+        &helm,
         &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
             "certs.mode=certManager",
-            "--set",
             "certs.certManager.issuerRef.name=corp-ca",
-            "--set",
             "certs.certManager.issuerRef.kind=ClusterIssuer",
         ],
     );
@@ -196,19 +188,11 @@ fn chart_lints_and_renders_with_every_value_set() {
 
     // An existing Secret: its CA is published as the caBundle.
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-    let objs = helm.template(
-        "wif",
-        "wif-system",
+    let objs = render(
+        &helm,
         &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
             "certs.mode=existingSecret",
-            "--set",
             "certs.existingSecret.name=my-tls",
-            "--set",
             &format!("certs.existingSecret.caBundle={pem}"),
         ],
     );
@@ -251,18 +235,7 @@ fn chart_lints_and_renders_with_every_value_set() {
     );
 
     // ServiceMonitor on: one monitor over both components' metrics ports.
-    let objs = helm.template(
-        "wif",
-        "wif-system",
-        &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
-            "metrics.serviceMonitor.enabled=true",
-        ],
-    );
+    let objs = render(&helm, &["metrics.serviceMonitor.enabled=true"]);
     let sm = find(&objs, "ServiceMonitor", "wif");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     for svc in ["wif-webhook", "wif-controller-metrics"] {
@@ -305,103 +278,38 @@ fn schema_rejects_bad_values_and_names_them() {
     let helm = Helm::offline();
     let chart = chart();
     let chart = chart.to_str().unwrap();
-    let cases: &[(&[&str], &str)] = &[
-        (&[CONTROLLER], "tenantId"),
-        (&["azure.tenantId=not a tenant!", CONTROLLER], "/azure/tenantId"),
+    const GOOD: [&str; 2] = ["azure.tenantId=contoso.onmicrosoft.com", CONTROLLER];
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![CONTROLLER], "tenantId"),
         (
-            &["azure.tenantId=contoso.onmicrosoft.com"],
-            "/controller/clientId",
+            vec!["azure.tenantId=not a tenant!", CONTROLLER],
+            "/azure/tenantId",
         ),
+        (vec![GOOD[0]], "/controller/clientId"),
+    ];
+    // Each of these, added to good values, is refused naming it.
+    for (bad, names) in [
+        ("azure.cloud=Mars", "/azure/cloud"),
+        ("webhook.replicas=two", "/webhook/replicas"),
+        ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
+        ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        ("certs.mode=vault", "/certs/mode"),
+        ("certs.mode=existingSecret", "/certs/existingSecret"),
+        ("logFormat=xml", "/logFormat"),
+        ("controller.clientId=my-app", "/controller/clientId"),
         (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "azure.cloud=Mars",
-            ],
-            "/azure/cloud",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "webhook.replicas=two",
-            ],
-            "/webhook/replicas",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "webhook.failurePolicy=Maybe",
-            ],
-            "/webhook/failurePolicy",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "webhook.timeoutSeconds=60",
-            ],
-            "/webhook/timeoutSeconds",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "certs.mode=vault",
-            ],
-            "/certs/mode",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "certs.mode=existingSecret",
-            ],
-            "/certs/existingSecret",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "logFormat=xml",
-            ],
-            "/logFormat",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "controller.clientId=my-app",
-            ],
-            "/controller/clientId",
-        ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "metrics.serviceMonitor.enabled=yes please",
-            ],
+            "metrics.serviceMonitor.enabled=yes please",
             "/metrics/serviceMonitor/enabled",
         ),
         (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "webhook.resources.limits.memory=lots",
-            ],
+            "webhook.resources.limits.memory=lots",
             "/webhook/resources/limits/memory",
         ),
-        (
-            &[
-                "azure.tenantId=contoso.onmicrosoft.com",
-                CONTROLLER,
-                "webhhook.replicas=3",
-            ],
-            "webhhook",
-        ),
-    ];
-    for (values, names) in cases {
+        ("webhhook.replicas=3", "webhhook"),
+    ] {
+        cases.push(([GOOD[0], GOOD[1], bad].into(), names));
+    }
+    for (values, names) in &cases {
         let mut args = vec!["template", "wif", chart];
         let sets = set(values);
         args.extend(strs(&sets));
@@ -429,17 +337,10 @@ fn schema_rejects_bad_values_and_names_them() {
 fn controller_trusts_an_extra_ca_and_takes_an_authority_url_as_cloud() {
     let helm = Helm::offline();
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-    let objs = helm.template(
-        "wif",
-        "wif-system",
+    let objs = render(
+        &helm,
         &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
             &format!("controller.trustCA.pem={pem}"),
-            "--set",
             "azure.cloud=https://login.example.test/",
         ],
     );
@@ -467,17 +368,10 @@ fn controller_trusts_an_extra_ca_and_takes_an_authority_url_as_cloud() {
     );
 
     // An existing ConfigMap instead: no ConfigMap of the chart's.
-    let objs = helm.template(
-        "wif",
-        "wif-system",
+    let objs = render(
+        &helm,
         &[
-            "--set",
-            &tenant(),
-            "--set",
-            CONTROLLER,
-            "--set",
             "controller.trustCA.configMap=corp-ca",
-            "--set",
             "controller.trustCA.key=bundle.pem",
         ],
     );

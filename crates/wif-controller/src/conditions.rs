@@ -11,30 +11,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::reasons::Reason;
 
 /// `Ready`: everything below is `True`.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 /// `Permitted`: a FederatedIdentityPolicy grants the identity to the namespace.
-pub const PERMITTED: &str = "Permitted";
+pub(crate) const PERMITTED: &str = "Permitted";
 /// `IdentityResolved`: the application or managed identity exists and is reachable.
-pub const IDENTITY_RESOLVED: &str = "IdentityResolved";
+pub(crate) const IDENTITY_RESOLVED: &str = "IdentityResolved";
 /// `CredentialSynced`: the federated identity credential matches the spec.
-pub const CREDENTIAL_SYNCED: &str = "CredentialSynced";
+pub(crate) const CREDENTIAL_SYNCED: &str = "CredentialSynced";
 /// `ServiceAccountReady`: the ServiceAccount exists (and is annotated when asked).
-pub const SERVICE_ACCOUNT_READY: &str = "ServiceAccountReady";
+pub(crate) const SERVICE_ACCOUNT_READY: &str = "ServiceAccountReady";
 /// `Propagated`: the credential reads back consistently (and a real exchange succeeded).
-pub const PROPAGATED: &str = "Propagated";
-
-/// The conditions behind `Ready`, in the order `Ready` reports them.
-pub const PARTS: [&str; 5] = [
-    PERMITTED,
-    IDENTITY_RESOLVED,
-    CREDENTIAL_SYNCED,
-    SERVICE_ACCOUNT_READY,
-    PROPAGATED,
-];
+pub(crate) const PROPAGATED: &str = "Propagated";
 
 /// The state of one condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// `True`.
     True,
     /// `False`.
@@ -45,7 +36,7 @@ pub enum State {
 
 impl State {
     /// `True`, `False` or `Unknown`, as in a condition.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::True => "True",
             Self::False => "False",
@@ -56,7 +47,7 @@ impl State {
 
 /// One observation: a state, a `PascalCase` reason and a message saying what to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     /// The state.
     pub state: State,
     /// A bounded, `PascalCase` reason.
@@ -67,7 +58,7 @@ pub struct Check {
 
 impl Check {
     /// `True` with a reason and message.
-    pub fn ok(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn ok(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::True,
             reason,
@@ -76,7 +67,7 @@ impl Check {
     }
 
     /// `False` with a reason and a message saying what to fix.
-    pub fn fail(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn fail(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::False,
             reason,
@@ -85,7 +76,7 @@ impl Check {
     }
 
     /// `Unknown` with a reason and message.
-    pub fn unknown(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn unknown(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             state: State::Unknown,
             reason,
@@ -96,7 +87,7 @@ impl Check {
 
 /// What one reconcile observed, one [`Check`] per condition behind `Ready`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observations {
+pub(crate) struct Observations {
     /// `Permitted`.
     pub permitted: Check,
     /// `IdentityResolved`.
@@ -111,7 +102,7 @@ pub struct Observations {
 
 impl Observations {
     /// Every condition `Unknown` with `reason`, e.g. before anything was evaluated.
-    pub fn unknown(reason: Reason, message: &str) -> Self {
+    pub(crate) fn unknown(reason: Reason, message: &str) -> Self {
         let u = || Check::unknown(reason, message);
         Self {
             permitted: u(),
@@ -123,7 +114,7 @@ impl Observations {
     }
 
     /// The checks with their condition types, in `Ready` order.
-    pub fn parts(&self) -> [(&'static str, &Check); 5] {
+    pub(crate) fn parts(&self) -> [(&'static str, &Check); 5] {
         [
             (PERMITTED, &self.permitted),
             (IDENTITY_RESOLVED, &self.identity),
@@ -134,7 +125,7 @@ impl Observations {
     }
 
     /// The `Ready` check derived from the others.
-    pub fn ready(&self) -> Check {
+    pub(crate) fn ready(&self) -> Check {
         match self.parts().into_iter().find(|(_, c)| c.state != State::True) {
             None => Check::ok(Reason::Ready, "the credential is in place and honoured"),
             Some((kind, c)) => Check {
@@ -165,7 +156,7 @@ fn checks(observed: &Observations) -> [(&'static str, Check); 6] {
 
 /// The new condition list: `Ready` first, then the parts; `lastTransitionTime` is kept from
 /// `old` for every condition whose status did not change.
-pub fn compute(
+pub(crate) fn compute(
     old: &[Condition],
     observed: &Observations,
     generation: Option<i64>,
@@ -194,7 +185,7 @@ pub fn compute(
 
 /// A condition whose status or reason changed: what Events report.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     /// Condition type.
     pub kind: &'static str,
     /// New state.
@@ -206,7 +197,7 @@ pub struct Transition {
 }
 
 /// The conditions `observed` yields whose (status, reason) differ from `old`.
-pub fn transitions(old: &[Condition], observed: &Observations) -> Vec<Transition> {
+pub(crate) fn transitions(old: &[Condition], observed: &Observations) -> Vec<Transition> {
     checks(observed)
         .into_iter()
         .filter(|(kind, n)| {
@@ -223,12 +214,12 @@ pub fn transitions(old: &[Condition], observed: &Observations) -> Vec<Transition
 }
 
 /// The condition of `kind` in `conditions`.
-pub fn find<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
+pub(crate) fn find<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == kind)
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

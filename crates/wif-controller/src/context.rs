@@ -107,7 +107,7 @@ impl Stores {
 /// Waits for one store. A store's readiness signal wakes only the task that polled it last, and
 /// several tasks wait on these stores (the controller itself, reconciles, readiness), so the wait
 /// is re-polled in short slices instead of parked once.
-pub async fn wait_store<K>(
+pub(crate) async fn wait_store<K>(
     store: &Store<K>,
     deadline: tokio::time::Instant,
     name: &'static str,
@@ -170,8 +170,9 @@ impl Backoff {
             .remove(key);
     }
 
-    /// Failures counted for `key`.
-    pub fn failures(&self, key: &str) -> u32 {
+    /// Failures counted for `key` (the tests read it; the policy only counts).
+    #[cfg(test)]
+    pub(crate) fn failures(&self, key: &str) -> u32 {
         self.failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -40,7 +40,7 @@ impl Listing {
     }
 
     /// Forgets the list (after a surprise: the next binding lists again).
-    pub fn invalidate(&mut self) {
+    pub(crate) fn invalidate(&mut self) {
         self.fetched = None;
     }
 
@@ -114,7 +114,7 @@ impl Directory {
 
     /// Reserves a slot on identity `parent_key` for credential `name` (a pool placement whose
     /// credential is being created).
-    pub fn reserve(&self, parent_key: &str, name: &str) {
+    pub(crate) fn reserve(&self, parent_key: &str, name: &str) {
         let mut map = lock(&self.reservations);
         let names = map.entry(parent_key.to_owned()).or_default();
         if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
@@ -131,7 +131,7 @@ impl Directory {
     }
 
     /// Names reserved on identity `parent_key`.
-    pub fn reserved(&self, parent_key: &str) -> Vec<String> {
+    pub(crate) fn reserved(&self, parent_key: &str) -> Vec<String> {
         lock(&self.reservations)
             .get(parent_key)
             .cloned()
@@ -152,7 +152,7 @@ impl Directory {
     }
 
     /// Caches a resolution.
-    pub fn remember(&self, key: String, resolved: ResolvedIdentity) {
+    pub(crate) fn remember(&self, key: String, resolved: ResolvedIdentity) {
         lock(&self.resolved).insert(key, (resolved, Instant::now()));
     }
 
@@ -168,7 +168,12 @@ impl Directory {
 /// spread over the interval (no thundering herd) while all bindings of one identity come due
 /// together and share one list. `jitter` (random, small) spreads the bindings of one identity
 /// a little. Never less than half an interval.
-pub fn next_resync(parent_key: &str, interval: Duration, jitter: Duration, now: SystemTime) -> Duration {
+pub(crate) fn next_resync(
+    parent_key: &str,
+    interval: Duration,
+    jitter: Duration,
+    now: SystemTime,
+) -> Duration {
     let interval_ms = interval.as_millis().max(1);
     let mut hasher = DefaultHasher::new();
     parent_key.hash(&mut hasher);

@@ -84,7 +84,7 @@ impl Error {
     }
 
     /// Whether this is the expected "object was deleted meanwhile" noise.
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         let kube_404 = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
         match self {
             Self::Kube(e) => kube_404(e),

@@ -18,7 +18,7 @@ pub enum DiscoveryError {
 }
 
 /// Reads `issuer` from the API server's `/.well-known/openid-configuration`.
-pub async fn discover(client: &Client) -> Result<String, DiscoveryError> {
+pub(crate) async fn discover(client: &Client) -> Result<String, DiscoveryError> {
     let request = http::Request::get("/.well-known/openid-configuration")
         .body(Vec::new())
         .map_err(|e| DiscoveryError::Document(e.to_string()))?;
@@ -30,7 +30,7 @@ pub async fn discover(client: &Client) -> Result<String, DiscoveryError> {
 }
 
 /// The `issuer` of a discovery document, unchanged.
-pub fn issuer_from_document(text: &str) -> Result<String, DiscoveryError> {
+pub(crate) fn issuer_from_document(text: &str) -> Result<String, DiscoveryError> {
     let doc: Value =
         serde_json::from_str(text).map_err(|e| DiscoveryError::Document(format!("not JSON: {e}")))?;
     let issuer = doc
@@ -42,7 +42,7 @@ pub fn issuer_from_document(text: &str) -> Result<String, DiscoveryError> {
 }
 
 /// Entra refuses issuers with surrounding whitespace or wildcards and needs an https URL.
-pub fn check(issuer: &str) -> Result<(), String> {
+pub(crate) fn check(issuer: &str) -> Result<(), String> {
     if issuer.is_empty() || issuer.trim() != issuer {
         return Err(format!(
             "issuer {issuer:?} is empty or has surrounding whitespace"

@@ -67,7 +67,7 @@ impl Leadership {
     }
 
     /// Whether the Lease is held and was renewed recently enough.
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.valid_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -85,7 +85,7 @@ impl Leadership {
 
 /// How holding the Lease ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HoldEnd {
+pub(crate) enum HoldEnd {
     /// Another replica took it, or renewal failed past the deadline.
     Lost,
     /// `stop` was cancelled.
@@ -96,7 +96,7 @@ pub enum HoldEnd {
 type LeaseRecord = (Option<String>, Option<MicroTime>, Option<i32>);
 
 /// Competes for and holds one Lease.
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     cfg: LeaderConfig,
     leadership: Leadership,
@@ -116,7 +116,7 @@ impl Elector {
     }
 
     /// The leadership flag this elector maintains.
-    pub fn leadership(&self) -> &Leadership {
+    pub(crate) fn leadership(&self) -> &Leadership {
         &self.leadership
     }
 

@@ -15,9 +15,9 @@
 //! [`run`] wires it all and runs until cancelled.
 
 pub mod azure;
-pub mod conditions;
+mod conditions;
 mod config;
-pub mod context;
+mod context;
 pub mod controller;
 pub mod directory;
 mod error;
@@ -29,7 +29,7 @@ pub mod plan;
 pub mod pool;
 pub mod propagation;
 mod reasons;
-pub mod reconcile;
+mod reconcile;
 mod service_account;
 mod startup;
 pub mod unmutated;
@@ -47,7 +47,7 @@ pub use crate::{
 };
 
 /// Name of the controller in Events.
-pub const CONTROLLER_NAME: &str = "wif-controller";
+pub(crate) const CONTROLLER_NAME: &str = "wif-controller";
 
 fn validate(cfg: &ControllerConfig) -> Result<()> {
     let fail = |m: String| Err(Error::Config(m));

@@ -10,19 +10,20 @@
 use sha2::{Digest, Sha256};
 
 /// Longest credential name accepted by both Graph and ARM.
-pub const MAX_CREDENTIAL_NAME: usize = 120;
+pub(crate) const MAX_CREDENTIAL_NAME: usize = 120;
 /// Characters of the hash suffix of a default name (base32: 5 bits each, 80 bits).
 const HASH_CHARS: usize = 16;
 /// Opening of the ownership marker in a Graph description.
-pub const MARKER_PREFIX: &str = "[wif-owner ";
+pub(crate) const MARKER_PREFIX: &str = "[wif-owner ";
 /// Longest field manager name the API server accepts.
 const MAX_FIELD_MANAGER: usize = 128;
 
 /// Field manager of every write the controller makes to bindings (finalizer, status).
-pub const FIELD_MANAGER: &str = "wif-controller";
+pub(crate) const FIELD_MANAGER: &str = "wif-controller";
 
 /// Whether `name` is valid on Graph and ARM: `^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$`.
-pub fn is_valid_credential_name(name: &str) -> bool {
+#[cfg(test)]
+fn is_valid_credential_name(name: &str) -> bool {
     (3..=MAX_CREDENTIAL_NAME).contains(&name.len())
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name
@@ -102,7 +103,7 @@ pub fn has_any_marker(description: Option<&str>) -> bool {
 /// Field manager of the ServiceAccount annotations written for one binding. One manager per
 /// binding: two bindings of one ServiceAccount each own what they wrote, and server-side apply
 /// refuses (instead of overwriting) a value another writer owns.
-pub fn service_account_manager(binding: &str) -> String {
+pub(crate) fn service_account_manager(binding: &str) -> String {
     let name = format!("wif-controller.{binding}");
     if name.len() <= MAX_FIELD_MANAGER {
         name
@@ -112,7 +113,7 @@ pub fn service_account_manager(binding: &str) -> String {
 }
 
 /// Whether a cluster identity is usable inside names and markers.
-pub fn is_valid_cluster_id(id: &str) -> bool {
+pub(crate) fn is_valid_cluster_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

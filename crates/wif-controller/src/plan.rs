@@ -221,7 +221,7 @@ fn blocked(reason: Blocked) -> Plan {
 
 /// The deletions that remove every credential of ours from `observed` (binding deleted, or no
 /// longer permitted).
-pub fn plan_cleanup(observed: &[FederatedCredential], ours: &Ownership) -> Vec<Step> {
+pub(crate) fn plan_cleanup(observed: &[FederatedCredential], ours: &Ownership) -> Vec<Step> {
     observed
         .iter()
         .filter(|c| ours.owns(c))

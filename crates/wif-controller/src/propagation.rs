@@ -25,7 +25,7 @@ pub struct ReadBackConfig {
 
 /// The result of a read-back.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadBack {
+pub(crate) enum ReadBack {
     /// `count` consecutive reads returned the desired credential.
     Consistent,
     /// A read did not (yet) return it; what it returned.
@@ -33,7 +33,7 @@ pub enum ReadBack {
 }
 
 /// Reads the credential `count` times and checks each read equals `desired`.
-pub async fn read_back(
+pub(crate) async fn read_back(
     azure: &Azure,
     parent: &Parent,
     desired: &CredentialSpec,

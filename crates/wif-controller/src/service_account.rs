@@ -19,10 +19,10 @@ use wif_api::{
 };
 
 /// A ServiceAccount as the controller caches it.
-pub type CachedServiceAccount = PartialObjectMeta<ServiceAccount>;
+pub(crate) type CachedServiceAccount = PartialObjectMeta<ServiceAccount>;
 
 /// The annotations `manager` owns on `sa`, from its managedFields.
-pub fn owned_annotations(sa: &CachedServiceAccount, manager: &str) -> Vec<String> {
+pub(crate) fn owned_annotations(sa: &CachedServiceAccount, manager: &str) -> Vec<String> {
     sa.metadata
         .managed_fields
         .iter()
@@ -42,7 +42,7 @@ pub fn owned_annotations(sa: &CachedServiceAccount, manager: &str) -> Vec<String
 /// Drops the managedFields entries of other managers before `sa` is cached: ownership is all
 /// the controller reads from them, and on a big cluster every ServiceAccount's entries (each a
 /// decoded JSON tree) cost more memory than the rest of its metadata.
-pub fn keep_own_managed_fields(sa: &mut CachedServiceAccount) {
+pub(crate) fn keep_own_managed_fields(sa: &mut CachedServiceAccount) {
     if let Some(entries) = sa.metadata.managed_fields.as_mut() {
         entries.retain(|m| {
             m.manager
@@ -54,7 +54,7 @@ pub fn keep_own_managed_fields(sa: &mut CachedServiceAccount) {
 
 /// What the annotations of a ServiceAccount need.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnnotationPlan {
+pub(crate) enum AnnotationPlan {
     /// Already as wanted and owned by us.
     Nothing,
     /// Apply these annotations.
@@ -65,7 +65,7 @@ pub enum AnnotationPlan {
 
 /// What a binding writes on its ServiceAccount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wanted<'a> {
+pub(crate) struct Wanted<'a> {
     /// The identity's client id.
     pub client_id: &'a str,
     /// Its tenant.
@@ -79,7 +79,7 @@ pub struct Wanted<'a> {
 
 impl Wanted<'_> {
     /// The annotations, by key.
-    pub fn annotations(&self) -> BTreeMap<String, String> {
+    pub(crate) fn annotations(&self) -> BTreeMap<String, String> {
         let (client_key, tenant_key) = match self.identity_name {
             Some(name) => (
                 format!("{NAMED_CLIENT_ID_PREFIX}{name}"),
@@ -103,7 +103,7 @@ impl Wanted<'_> {
 /// (`default` when the annotation is absent) and the binding will not write it itself: pods of
 /// that ServiceAccount get tokens for another audience than the credential trusts, and Entra
 /// answers AADSTS700212. `writes` says whether the binding writes the annotation.
-pub fn audience_mismatch(
+pub(crate) fn audience_mismatch(
     sa: &CachedServiceAccount,
     manager: &str,
     audience: &str,
@@ -131,7 +131,11 @@ pub fn audience_mismatch(
 }
 
 /// Decides what to do, purely: `want` is what the binding writes when it asks for annotations.
-pub fn annotation_plan(sa: &CachedServiceAccount, manager: &str, want: Option<Wanted<'_>>) -> AnnotationPlan {
+pub(crate) fn annotation_plan(
+    sa: &CachedServiceAccount,
+    manager: &str,
+    want: Option<Wanted<'_>>,
+) -> AnnotationPlan {
     let owned = owned_annotations(sa, manager);
     match want {
         None if owned.is_empty() => AnnotationPlan::Nothing,
@@ -154,7 +158,7 @@ pub fn annotation_plan(sa: &CachedServiceAccount, manager: &str, want: Option<Wa
 
 /// How applying went.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// Written (or released).
     Done,
     /// Another writer owns one of the annotations with a different value; the API server's
@@ -178,7 +182,7 @@ fn body(sa: &CachedServiceAccount, annotations: Option<&BTreeMap<String, String>
 }
 
 /// Carries out `plan` on `sa` (a no-op for [`AnnotationPlan::Nothing`]).
-pub async fn apply(
+pub(crate) async fn apply(
     client: &Client,
     sa: &CachedServiceAccount,
     manager: &str,

@@ -201,7 +201,7 @@ impl EmulatorConfig {
 
     /// The configuration `wif emulator` runs with: the flags, the `--config` file and the
     /// `--trust-ca` bundles read and checked.
-    pub fn from_args(args: Args) -> Result<Self> {
+    pub(crate) fn from_args(args: Args) -> Result<Self> {
         let Args {
             listen,
             state_dir,
@@ -303,7 +303,6 @@ impl Emulator {
         tracing::info!(url = %base_url, listen = %local, ca = %tls.ca_path.display(), "emulator serving");
         Ok(Handle {
             base_url,
-            local_url: local_url.clone(),
             local_addr: local,
             ca_pem_path: tls.ca_path,
             ca_pem: tls.ca_pem,
@@ -418,7 +417,6 @@ pub fn http_client_trusting(ca_pem: &str) -> Result<reqwest::Client> {
 #[derive(Debug)]
 pub struct Handle {
     base_url: String,
-    local_url: String,
     local_addr: SocketAddr,
     ca_pem_path: PathBuf,
     ca_pem: String,
@@ -432,12 +430,6 @@ impl Handle {
     /// The emulator's URL (issuer base), e.g. `https://127.0.0.1:43117`, no trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
-    }
-
-    /// The URL the server is reachable at on this machine (differs from [`Handle::base_url`]
-    /// only with an issuer URL override).
-    pub fn local_url(&self) -> &str {
-        &self.local_url
     }
 
     /// The bound address.

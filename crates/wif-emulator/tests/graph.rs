@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wif_emulator::{ApplicationSeed, Seed, SettingsPatch, TenantSeed};
+use wif_emulator::SettingsPatch;
 
 struct Graph<'a> {
     env: &'a Env,
@@ -209,28 +209,7 @@ async fn applications_create_get_list_update_delete() {
 #[tokio::test]
 async fn applications_are_scoped_to_the_callers_tenant() {
     let env = Env::start().await;
-    let other_app = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
-    env.emulator
-        .admin()
-        .seed(&Seed {
-            tenants: vec![TenantSeed {
-                id: OTHER_TENANT.into(),
-                applications: vec![ApplicationSeed {
-                    display_name: "elsewhere".into(),
-                    app_id: Some(other_app.into()),
-                    ..ApplicationSeed::default()
-                }],
-                ..TenantSeed::default()
-            }],
-        })
-        .await
-        .expect("seed");
-    let token = env
-        .emulator
-        .admin()
-        .mint_token(OTHER_TENANT, other_app, GRAPH)
-        .await
-        .expect("mint");
+    let token = env.other_tenant_bearer(GRAPH).await;
     let response = env
         .http
         .get(env.graph(&format!("applications(appId='{APP_ID}')")))

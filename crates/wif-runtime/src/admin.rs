@@ -28,7 +28,7 @@ impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
 }
 
 /// Called before each scrape, to refresh gauges computed on demand.
-pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 struct AdminState {

@@ -34,17 +34,7 @@ async fn review(Json(review): Json<Value>) -> Json<Value> {
 
 impl ContainerAdder {
     pub async fn start(ns: &TestNs) -> Self {
-        let now = time::OffsetDateTime::now_utc();
-        let ca = wif_webhook::selfcert::generate_ca("adder", now, Duration::from_secs(3600)).unwrap();
-        let leaf = wif_webhook::selfcert::issue_cert(
-            &ca.cert_pem,
-            &ca.key_pem,
-            &["localhost".into()],
-            &["127.0.0.1".parse().unwrap()],
-            now,
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let (ca, leaf) = wif_e2e::webhook::localhost_pki("adder", Duration::from_secs(3600));
         let store = CertStore::new();
         store
             .set_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), "adder")

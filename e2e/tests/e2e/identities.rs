@@ -188,6 +188,71 @@ impl Workload {
     }
 }
 
+/// A scene where ServiceAccount `api` names three identities: the default and `reader` trust
+/// `api`; the one under `writer_key` trusts ServiceAccount `writer_sa`.
+async fn three_identities(
+    prefix: &str,
+    writer_sa: &str,
+    writer_key: &str,
+) -> (TestNs, Entra, WebhookProcess) {
+    let (ns, entra, hook) = scene(prefix, |ns| {
+        vec![
+            application(ns, DEFAULT_APP, "api", wif_api::DEFAULT_AUDIENCE),
+            application(ns, READER_APP, "api", wif_api::DEFAULT_AUDIENCE),
+            application(ns, WRITER_APP, writer_sa, wif_api::DEFAULT_AUDIENCE),
+        ]
+    })
+    .await;
+    ns.service_account(
+        "api",
+        &[
+            ("azure.workload.identity/client-id", DEFAULT_APP),
+            ("azure.workload.identity/client-id.reader", READER_APP),
+            (writer_key, WRITER_APP),
+        ],
+    )
+    .await;
+    (ns, entra, hook)
+}
+
+/// `wif doctor --pod <target> --exchange` against the emulator (its CA in file `ca`).
+async fn doctor_exchange(
+    ns: &TestNs,
+    entra: &Entra,
+    target: &str,
+    ca: &str,
+) -> (std::process::Output, String) {
+    let authority = entra.handle.authority_host();
+    crate::doctor::doctor(
+        ns,
+        &[
+            "--pod",
+            target,
+            "--exchange",
+            "--authority-host",
+            &authority,
+            "--ca-file",
+            ca,
+        ],
+    )
+    .await
+}
+
+/// Creates labelled pod `name` of ServiceAccount `api` with `container-identities: assignments`.
+async fn create_with_identities(ns: &TestNs, name: &str, assignments: &str) -> Result<Pod, kube::Error> {
+    ns.api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &pod(
+                name,
+                "api",
+                json!({"azure.workload.identity/use": "true"}),
+                json!({"azure.workload.identity/container-identities": assignments}),
+            ),
+        )
+        .await
+}
+
 #[track_caller]
 fn assert_identity(claims: &Value, app: &str, what: &str) {
     assert_eq!(claims["appid"], app, "{what}: {claims}");
@@ -198,34 +263,9 @@ fn assert_identity(claims: &Value, app: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane, the wif binary and WIF_PYTHON (make e2e)"]
 async fn each_container_exchanges_the_token_for_its_own_identity() {
-    let (ns, entra, _hook) = scene("ids", |ns| {
-        vec![
-            application(ns, DEFAULT_APP, "api", wif_api::DEFAULT_AUDIENCE),
-            application(ns, READER_APP, "api", wif_api::DEFAULT_AUDIENCE),
-            application(ns, WRITER_APP, "api", wif_api::DEFAULT_AUDIENCE),
-        ]
-    })
-    .await;
-    ns.service_account(
-        "api",
-        &[
-            ("azure.workload.identity/client-id", DEFAULT_APP),
-            ("azure.workload.identity/client-id.reader", READER_APP),
-            ("azure.workload.identity/client-id.read-write", WRITER_APP),
-        ],
-    )
-    .await;
-    let created = ns
-        .api::<Pod>()
-        .create(
-            &PostParams::default(),
-            &pod(
-                "web",
-                "api",
-                json!({"azure.workload.identity/use": "true"}),
-                json!({"azure.workload.identity/container-identities": "app=reader;sidecar=read-write"}),
-            ),
-        )
+    let (ns, entra, _hook) =
+        three_identities("ids", "api", "azure.workload.identity/client-id.read-write").await;
+    let created = create_with_identities(&ns, "web", "app=reader;sidecar=read-write")
         .await
         .unwrap();
 
@@ -277,17 +317,7 @@ async fn each_container_exchanges_the_token_for_its_own_identity() {
     assert_eq!(counters.token.requests, 8, "{counters:?}");
 
     // An unknown container or identity: the pod is refused, naming both.
-    let refused = ns
-        .api::<Pod>()
-        .create(
-            &PostParams::default(),
-            &pod(
-                "typo",
-                "api",
-                json!({"azure.workload.identity/use": "true"}),
-                json!({"azure.workload.identity/container-identities": "app=writer"}),
-            ),
-        )
+    let refused = create_with_identities(&ns, "typo", "app=writer")
         .await
         .unwrap_err()
         .to_string();
@@ -442,20 +472,7 @@ async fn a_custom_audience_works_end_to_end_and_a_mismatch_is_explained() {
     reported_binding(&ns, "mismatch", DEFAULT_APP, None, wif_api::DEFAULT_AUDIENCE).await;
     let target = format!("{}/mismatch", ns.name);
     let ca = w.ca.clone();
-    let authority = entra.handle.authority_host();
-    let (out, text) = crate::doctor::doctor(
-        &ns,
-        &[
-            "--pod",
-            &target,
-            "--exchange",
-            "--authority-host",
-            &authority,
-            "--ca-file",
-            &ca,
-        ],
-    )
-    .await;
+    let (out, text) = doctor_exchange(&ns, &entra, &target, &ca).await;
     assert_eq!(out.status.code(), Some(1), "{text}");
     crate::doctor::assert_check(&text, "API server token", '✓', NEUTRAL_AUDIENCE);
     crate::doctor::assert_check(
@@ -472,34 +489,14 @@ async fn a_custom_audience_works_end_to_end_and_a_mismatch_is_explained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn doctor_checks_every_named_identity() {
-    let (ns, entra, _hook) = scene("ids-doc", |ns| {
-        vec![
-            application(ns, DEFAULT_APP, "api", wif_api::DEFAULT_AUDIENCE),
-            application(ns, READER_APP, "api", wif_api::DEFAULT_AUDIENCE),
-            // Trusts another ServiceAccount: the named identity's exchange must fail.
-            application(ns, WRITER_APP, "someone-else", wif_api::DEFAULT_AUDIENCE),
-        ]
-    })
-    .await;
-    ns.service_account(
-        "api",
-        &[
-            ("azure.workload.identity/client-id", DEFAULT_APP),
-            ("azure.workload.identity/client-id.reader", READER_APP),
-            ("azure.workload.identity/client-id.writer", WRITER_APP),
-        ],
+    // Trusts another ServiceAccount: the named identity's exchange must fail.
+    let (ns, entra, _hook) = three_identities(
+        "ids-doc",
+        "someone-else",
+        "azure.workload.identity/client-id.writer",
     )
     .await;
-    ns.api::<Pod>()
-        .create(
-            &PostParams::default(),
-            &pod(
-                "web",
-                "api",
-                json!({"azure.workload.identity/use": "true"}),
-                json!({"azure.workload.identity/container-identities": "sidecar=reader"}),
-            ),
-        )
+    create_with_identities(&ns, "web", "sidecar=reader")
         .await
         .unwrap();
     crate::doctor::ensure_binding_crd(&ns).await;
@@ -517,20 +514,7 @@ async fn doctor_checks_every_named_identity() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), entra.handle.ca_pem()).unwrap();
     let ca = dir.path().join("ca.pem").display().to_string();
-    let authority = entra.handle.authority_host();
-    let (out, text) = crate::doctor::doctor(
-        &ns,
-        &[
-            "--pod",
-            &target,
-            "--exchange",
-            "--authority-host",
-            &authority,
-            "--ca-file",
-            &ca,
-        ],
-    )
-    .await;
+    let (out, text) = doctor_exchange(&ns, &entra, &target, &ca).await;
     assert_eq!(out.status.code(), Some(1), "{text}");
     use crate::doctor::assert_check;
     assert_check(&text, "named identities", '✓', &format!("reader={READER_APP}"));

@@ -12,7 +12,7 @@ use wif_exchange::{RetryPolicy, TokenRequestOptions, WorkloadIdentityCredential}
 use crate::metrics::Metrics;
 
 /// ARM's code for concurrent credential writes under one identity: retried, not reported.
-pub const ARM_CONCURRENT_WRITES: &str =
+pub(crate) const ARM_CONCURRENT_WRITES: &str =
     "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity";
 
 /// Largest response body read.
@@ -142,7 +142,7 @@ impl AzureError {
     }
 
     /// The message of the body, for API errors.
-    pub fn api_message(&self) -> Option<&str> {
+    pub(crate) fn api_message(&self) -> Option<&str> {
         match self {
             Self::Api { message, .. } => Some(message),
             _ => None,
@@ -150,7 +150,7 @@ impl AzureError {
     }
 
     /// 404.
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         self.status() == Some(404)
     }
 
@@ -333,7 +333,7 @@ impl Api {
     }
 
     /// An answer that does not have the expected shape; names the path without base or query.
-    pub fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
+    pub(crate) fn decode_error(&self, method: &str, url: &str, reason: String) -> AzureError {
         AzureError::Decode {
             service: self.service,
             method: method.to_owned(),
@@ -544,7 +544,7 @@ async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, reqwest::Erro
 
 /// `(code, message)` of a Graph or ARM error body: `{"error":{"code","message"}}`, where Graph's
 /// message may be `{"lang","value"}`. Anything else: the status text and the body's start.
-pub fn error_body(bytes: &[u8], status: StatusCode) -> (String, String) {
+pub(crate) fn error_body(bytes: &[u8], status: StatusCode) -> (String, String) {
     let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let code = error

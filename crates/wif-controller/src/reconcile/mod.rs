@@ -26,9 +26,9 @@ mod act;
 mod apply;
 mod cleanup;
 pub(crate) mod pooled;
-pub mod status;
-pub mod target;
-pub mod verdict;
+pub(crate) mod status;
+pub(crate) mod target;
+pub(crate) mod verdict;
 
 #[cfg(test)]
 mod fixtures;
@@ -48,11 +48,13 @@ use kube::{
 };
 use wif_api::{BINDING_FINALIZER, FederatedIdentityBinding};
 
-pub use self::target::Target;
 use crate::{Error, context::Context};
 
 /// kube-runtime's reconcile entry point.
-pub async fn reconcile(binding: Arc<FederatedIdentityBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    binding: Arc<FederatedIdentityBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.queue_depth.inc();
     let result = run(binding, &ctx).await;
@@ -82,7 +84,11 @@ async fn run(binding: Arc<FederatedIdentityBinding>, ctx: &Arc<Context>) -> Resu
 }
 
 /// kube-runtime's error policy: exponential backoff per binding.
-pub fn error_policy(binding: Arc<FederatedIdentityBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    binding: Arc<FederatedIdentityBinding>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let key = key_of(&binding);
     let delay = ctx.backoff.next(&key);
     if error.is_not_found() {

@@ -21,7 +21,7 @@ use crate::{
 
 /// An Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
+pub(crate) struct Note {
     /// Normal or Warning.
     pub kind: EventType,
     /// The Event's reason.
@@ -32,7 +32,7 @@ pub struct Note {
 
 impl Note {
     /// A `Normal` Event.
-    pub fn normal(reason: Reason, note: String) -> Self {
+    pub(crate) fn normal(reason: Reason, note: String) -> Self {
         Self {
             kind: EventType::Normal,
             reason,
@@ -41,7 +41,7 @@ impl Note {
     }
 
     /// A `Warning` Event.
-    pub fn warning(reason: Reason, note: String) -> Self {
+    pub(crate) fn warning(reason: Reason, note: String) -> Self {
         Self {
             kind: EventType::Warning,
             reason,
@@ -52,7 +52,7 @@ impl Note {
 
 /// What one apply observed and did, to be published.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     /// The status before this reconcile.
     pub old: FederatedIdentityBindingStatus,
     /// One check per condition behind `Ready`.
@@ -71,7 +71,7 @@ pub struct Report {
 
 impl Report {
     /// Starts from the binding's current status, every condition not evaluated.
-    pub fn new(old: FederatedIdentityBindingStatus) -> Self {
+    pub(crate) fn new(old: FederatedIdentityBindingStatus) -> Self {
         Self {
             credential: old.credential.clone(),
             client_id: old.client_id.clone(),
@@ -86,7 +86,7 @@ impl Report {
 
 /// The new status and the Events to publish: the writes, then each condition that changed
 /// (except `CredentialSynced=True` after a write, which would repeat the write's Event).
-pub fn conditions_and_notes(
+pub(crate) fn conditions_and_notes(
     report: Report,
     generation: Option<i64>,
     now: Timestamp,
@@ -121,7 +121,11 @@ pub fn conditions_and_notes(
 }
 
 /// Writes the status (only if it changed) and publishes Events for what changed.
-pub async fn publish(ctx: &Context, b: &FederatedIdentityBinding, report: Report) -> Result<(), Error> {
+pub(crate) async fn publish(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    report: Report,
+) -> Result<(), Error> {
     let old = report.old.clone();
     let (status, notes) = conditions_and_notes(report, b.metadata.generation, Timestamp::now());
     if status != old {
@@ -155,7 +159,7 @@ pub(crate) async fn apply_status(
 }
 
 /// Publishes Events on the binding; a failure is logged, never fatal.
-pub async fn publish_events(ctx: &Context, b: &FederatedIdentityBinding, notes: Vec<Note>) {
+pub(crate) async fn publish_events(ctx: &Context, b: &FederatedIdentityBinding, notes: Vec<Note>) {
     let reference = b.object_ref(&());
     for n in notes {
         let event = Event {

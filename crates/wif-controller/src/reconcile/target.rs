@@ -20,7 +20,7 @@ use crate::{
 
 /// The identity named in a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// An application by client id.
     Application(String),
     /// A user-assigned identity by resource id (not parsed yet).
@@ -32,7 +32,7 @@ pub enum Target {
 impl Target {
     /// Checks the spec's identity: exactly one kind, a GUID client id
     /// ([`RequestedIdentity::from_spec`], as the validating webhook checks it).
-    pub fn from_spec(identity: &IdentityReference) -> Result<Self, String> {
+    pub(crate) fn from_spec(identity: &IdentityReference) -> Result<Self, String> {
         Ok(match RequestedIdentity::from_spec(identity)? {
             RequestedIdentity::Application { client_id } => Self::Application(client_id.to_owned()),
             RequestedIdentity::UserAssignedIdentity { resource_id } => {

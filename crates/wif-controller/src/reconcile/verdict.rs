@@ -18,7 +18,7 @@ use crate::{
 
 /// A failed step: the condition reason and what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The condition reason.
     pub reason: Reason,
     /// What to fix.
@@ -27,7 +27,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure with `reason` and `message`.
-    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -37,7 +37,7 @@ impl Failure {
 
 /// How an apply ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Everything is `True`: resync later (spread per identity).
     Synced {
         /// The identity's key, which spreads its resyncs.
@@ -50,7 +50,7 @@ pub enum Verdict {
 }
 
 /// The verdict of a complete set of observations.
-pub fn conclude(obs: &Observations, parent_key: String) -> Verdict {
+pub(crate) fn conclude(obs: &Observations, parent_key: String) -> Verdict {
     if let Some((_, c)) = obs.parts().into_iter().find(|(_, c)| c.state == State::False) {
         return Verdict::Failed(Failure::new(c.reason, c.message.clone()));
     }
@@ -61,7 +61,7 @@ pub fn conclude(obs: &Observations, parent_key: String) -> Verdict {
 }
 
 /// Marks the checks from `stage` on (0 = identity, 1 = credential, …) as not evaluated.
-pub fn blocked_from(obs: &mut Observations, stage: usize, reason: Reason, why: &str) {
+pub(crate) fn blocked_from(obs: &mut Observations, stage: usize, reason: Reason, why: &str) {
     let message = format!("not evaluated: {why}");
     let checks = [
         &mut obs.identity,
@@ -75,7 +75,11 @@ pub fn blocked_from(obs: &mut Observations, stage: usize, reason: Reason, why: &
 }
 
 /// `Permitted` from the policy decision.
-pub fn permission(decision: PolicyDecision, target: &Target, namespace: &str) -> Result<Check, Failure> {
+pub(crate) fn permission(
+    decision: PolicyDecision,
+    target: &Target,
+    namespace: &str,
+) -> Result<Check, Failure> {
     match decision {
         PolicyDecision::Granted { policy } => Ok(Check::ok(
             Reason::Granted,
@@ -89,7 +93,7 @@ pub fn permission(decision: PolicyDecision, target: &Target, namespace: &str) ->
 }
 
 /// `IdentityResolved=True`.
-pub fn resolved(target: &Target, r: &ResolvedIdentity) -> Check {
+pub(crate) fn resolved(target: &Target, r: &ResolvedIdentity) -> Check {
     Check::ok(
         Reason::Resolved,
         format!(
@@ -103,7 +107,7 @@ pub fn resolved(target: &Target, r: &ResolvedIdentity) -> Check {
 
 /// The identity the status recorded, when the binding now resolves to another one (our
 /// credential there goes first).
-pub fn moved_from(
+pub(crate) fn moved_from(
     old: &FederatedIdentityBindingStatus,
     now: &Parent,
     default_tenant: &str,
@@ -113,7 +117,7 @@ pub fn moved_from(
 }
 
 /// No application has the client id.
-pub fn application_not_found(client_id: &str, tenant: &str) -> Failure {
+pub(crate) fn application_not_found(client_id: &str, tenant: &str) -> Failure {
     Failure::new(
         Reason::ApplicationNotFound,
         format!(
@@ -125,7 +129,7 @@ pub fn application_not_found(client_id: &str, tenant: &str) -> Failure {
 }
 
 /// The user-assigned identity does not exist.
-pub fn identity_not_found(id: &UserAssignedIdentityId) -> Failure {
+pub(crate) fn identity_not_found(id: &UserAssignedIdentityId) -> Failure {
     Failure::new(
         Reason::IdentityNotFound,
         format!(
@@ -136,7 +140,7 @@ pub fn identity_not_found(id: &UserAssignedIdentityId) -> Failure {
 }
 
 /// Whether a resolution failure means nothing of ours can be on that identity (cleanup).
-pub fn is_gone(f: &Failure) -> bool {
+pub(crate) fn is_gone(f: &Failure) -> bool {
     matches!(
         f.reason,
         Reason::ApplicationNotFound | Reason::IdentityNotFound | Reason::InvalidResourceId
@@ -144,7 +148,7 @@ pub fn is_gone(f: &Failure) -> bool {
 }
 
 /// Maps a Graph/ARM error to a condition reason and a message saying what to fix.
-pub fn azure_failure(e: &AzureError, doing: &str, on: &str) -> Failure {
+pub(crate) fn azure_failure(e: &AzureError, doing: &str, on: &str) -> Failure {
     let status = e.status();
     let message = e.api_message().unwrap_or_default().to_ascii_lowercase();
     match e {
@@ -198,7 +202,7 @@ pub fn azure_failure(e: &AzureError, doing: &str, on: &str) -> Failure {
 }
 
 /// Why the plan writes nothing, as a failure naming the credential in the way.
-pub fn blocked(blocked: Blocked, on: &str, desired: &CredentialSpec) -> Failure {
+pub(crate) fn blocked(blocked: Blocked, on: &str, desired: &CredentialSpec) -> Failure {
     match blocked {
         Blocked::NameTaken {
             id,
@@ -237,7 +241,7 @@ pub fn blocked(blocked: Blocked, on: &str, desired: &CredentialSpec) -> Failure 
 
 /// How the credential ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Synced {
+pub(crate) enum Synced {
     /// Created.
     Created,
     /// Corrected in place.
@@ -249,7 +253,7 @@ pub enum Synced {
 }
 
 /// How carrying out `plan` ends the sync.
-pub fn synced(plan: &Plan) -> Synced {
+pub(crate) fn synced(plan: &Plan) -> Synced {
     if plan.steps.iter().any(|s| matches!(s, Step::Create)) {
         Synced::Created
     } else if plan.adopts {
@@ -262,7 +266,7 @@ pub fn synced(plan: &Plan) -> Synced {
 }
 
 /// The credential as the status records it.
-pub fn credential_status(c: &FederatedCredential, parent: &Parent) -> CredentialStatus {
+pub(crate) fn credential_status(c: &FederatedCredential, parent: &Parent) -> CredentialStatus {
     CredentialStatus {
         id: c.id.clone(),
         name: c.name.clone(),
@@ -274,7 +278,7 @@ pub fn credential_status(c: &FederatedCredential, parent: &Parent) -> Credential
 }
 
 /// `CredentialSynced=True`; in sync keeps the reason and message of the last write.
-pub fn credential(outcome: Synced, name: &str, on: &str, old: &[Condition]) -> Check {
+pub(crate) fn credential(outcome: Synced, name: &str, on: &str, old: &[Condition]) -> Check {
     match outcome {
         Synced::Created => Check::ok(Reason::Created, format!("created credential {name} on {on}")),
         Synced::Updated => Check::ok(
@@ -302,7 +306,7 @@ pub fn credential(outcome: Synced, name: &str, on: &str, old: &[Condition]) -> C
 }
 
 /// `ServiceAccountReady=False`: it does not exist.
-pub fn service_account_missing(ns: &str, sa: &str) -> Check {
+pub(crate) fn service_account_missing(ns: &str, sa: &str) -> Check {
     Check::fail(
         Reason::ServiceAccountNotFound,
         format!(
@@ -313,7 +317,7 @@ pub fn service_account_missing(ns: &str, sa: &str) -> Check {
 }
 
 /// `ServiceAccountReady=Unknown`: it exists and waits for the credential.
-pub fn service_account_waiting(ns: &str, sa: &str) -> Check {
+pub(crate) fn service_account_waiting(ns: &str, sa: &str) -> Check {
     Check::unknown(
         Reason::AwaitingCredential,
         format!("ServiceAccount {ns}/{sa} exists; it is annotated once the credential is in place"),
@@ -322,7 +326,7 @@ pub fn service_account_waiting(ns: &str, sa: &str) -> Check {
 
 /// `ServiceAccountReady=False`: its pods get tokens for another audience than the credential
 /// trusts (the audience annotation, or the default when it has none).
-pub fn audience_mismatch(ns: &str, sa: &str, found: &str, audience: &str) -> Check {
+pub(crate) fn audience_mismatch(ns: &str, sa: &str, found: &str, audience: &str) -> Check {
     Check::fail(
         Reason::AudienceMismatch,
         format!(
@@ -336,7 +340,7 @@ pub fn audience_mismatch(ns: &str, sa: &str, found: &str, audience: &str) -> Che
 
 /// `ServiceAccountReady` from the result of annotating it (`identity_name`: the binding's named
 /// identity, whose annotations carry the `.<name>` suffix).
-pub fn service_account(
+pub(crate) fn service_account(
     applied: &Result<Applied, kube::Error>,
     annotate: bool,
     ns: &str,
@@ -377,7 +381,7 @@ pub fn service_account(
 
 /// The `Propagated=True` of the last reconcile, when nothing changed since (no write, same
 /// credential, same generation): propagation is not probed again.
-pub fn propagation_kept(
+pub(crate) fn propagation_kept(
     old: &FederatedIdentityBindingStatus,
     credential: Option<&CredentialStatus>,
     wrote: bool,
@@ -396,7 +400,7 @@ pub fn propagation_kept(
 }
 
 /// `Propagated` after reading back: `None` when it read back consistently.
-pub fn read_back(result: &Result<ReadBack, AzureError>) -> Option<Check> {
+pub(crate) fn read_back(result: &Result<ReadBack, AzureError>) -> Option<Check> {
     match result {
         Ok(ReadBack::Consistent) => None,
         Ok(ReadBack::Inconsistent(detail)) => Some(Check::unknown(
@@ -411,7 +415,7 @@ pub fn read_back(result: &Result<ReadBack, AzureError>) -> Option<Check> {
 }
 
 /// `Propagated=True` without an exchange check.
-pub fn read_back_only(count: u32) -> Check {
+pub(crate) fn read_back_only(count: u32) -> Check {
     Check::ok(
         Reason::ReadBack,
         format!(
@@ -421,7 +425,7 @@ pub fn read_back_only(count: u32) -> Check {
 }
 
 /// `Propagated` from a real token exchange.
-pub fn exchanged(result: &Result<(), ExchangeError>, ns: &str, sa: &str, client_id: &str) -> Check {
+pub(crate) fn exchanged(result: &Result<(), ExchangeError>, ns: &str, sa: &str, client_id: &str) -> Check {
     match result {
         Ok(()) => Check::ok(
             Reason::Verified,

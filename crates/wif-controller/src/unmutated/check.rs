@@ -50,7 +50,7 @@ impl Verdict {
     }
 
     /// Whether evicting the pod could give its replacement an identity.
-    pub fn recyclable(&self) -> bool {
+    pub(crate) fn recyclable(&self) -> bool {
         matches!(self, Verdict::NotMutated { .. })
     }
 

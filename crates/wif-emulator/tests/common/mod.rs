@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceExt;
 use wif_emulator::{
-    ApplicationSeed, Config, CredentialSeed, Emulator, EmulatorConfig, Handle, IdentitySeed, TenantSeed,
+    ApplicationSeed, Config, CredentialSeed, Emulator, EmulatorConfig, Handle, IdentitySeed, Seed, TenantSeed,
 };
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -426,6 +426,32 @@ impl Env {
         self.emulator
             .admin()
             .mint_token(TENANT, CONTROLLER_APP_ID, resource)
+            .await
+            .expect("mint")
+    }
+
+    /// A token for `resource` of an application ("elsewhere") seeded into [`OTHER_TENANT`]
+    /// (seeds it: call once per emulator).
+    pub async fn other_tenant_bearer(&self, resource: &str) -> String {
+        let other_app = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+        self.emulator
+            .admin()
+            .seed(&Seed {
+                tenants: vec![TenantSeed {
+                    id: OTHER_TENANT.into(),
+                    applications: vec![ApplicationSeed {
+                        display_name: "elsewhere".into(),
+                        app_id: Some(other_app.into()),
+                        ..ApplicationSeed::default()
+                    }],
+                    ..TenantSeed::default()
+                }],
+            })
+            .await
+            .expect("seed");
+        self.emulator
+            .admin()
+            .mint_token(OTHER_TENANT, other_app, resource)
             .await
             .expect("mint")
     }

@@ -220,11 +220,7 @@ impl TestServer {
 
     /// A builder aimed at this server, trusting its CA, with fast retries.
     pub fn builder(&self) -> WorkloadIdentityCredentialBuilder {
-        WorkloadIdentityCredential::builder()
-            .tenant_id(TENANT)
-            .client_id(CLIENT)
-            .assertion(ASSERTION)
-            .authority_host(&self.authority)
+        builder_for(&self.authority)
             .add_root_certificates_pem(self.pki.ca_pem.as_bytes())
             .retry_policy(fast_retries(3))
             .timeout(Duration::from_secs(10))
@@ -233,6 +229,15 @@ impl TestServer {
     pub fn credential(&self) -> WorkloadIdentityCredential {
         self.builder().build().unwrap()
     }
+}
+
+/// A builder for the test tenant, client and assertion, aimed at `authority`.
+pub fn builder_for(authority: impl Into<String>) -> WorkloadIdentityCredentialBuilder {
+    WorkloadIdentityCredential::builder()
+        .tenant_id(TENANT)
+        .client_id(CLIENT)
+        .assertion(ASSERTION)
+        .authority_host(authority)
 }
 
 pub fn fast_retries(n: u32) -> RetryPolicy {

@@ -358,31 +358,19 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: ControllerArgs,
-    }
 
     fn config(argv: &[&str]) -> anyhow::Result<ControllerConfig> {
         // The required flags (and a fixed cloud, whatever AZURE_ENVIRONMENT says), unless given.
-        let mut full = vec!["controller"];
-        for (flag, value) in [
-            ("--tenant-id", "t"),
-            ("--client-id", "c"),
-            ("--cloud", "AzurePublicCloud"),
-        ] {
-            if !argv.contains(&flag) {
-                full.extend([flag, value]);
-            }
-        }
-        full.extend(argv);
-        let cmd = Cmd::try_parse_from(full).expect("flags parse");
-        ControllerConfig::try_from(cmd.args)
+        crate::cmd::testing::config::<ControllerArgs, _>(
+            "controller",
+            &[
+                ("--tenant-id", "t"),
+                ("--client-id", "c"),
+                ("--cloud", "AzurePublicCloud"),
+            ],
+            argv,
+        )
     }
 
     #[test]

@@ -66,3 +66,33 @@ pub(crate) async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// Test support for the subcommands' flag groups.
+#[cfg(test)]
+pub(crate) mod testing {
+    use clap::{Args, Parser};
+
+    #[derive(Parser)]
+    struct Cmd<A: Args> {
+        #[command(flatten)]
+        args: A,
+    }
+
+    /// Parses `argv` as subcommand `name`'s flags `A` and converts them into its config `C`;
+    /// each of `required` (flag, value) is added unless `argv` names the flag.
+    pub(crate) fn config<A: Args, C: TryFrom<A>>(
+        name: &str,
+        required: &[(&str, &str)],
+        argv: &[&str],
+    ) -> Result<C, C::Error> {
+        let mut full = vec![name];
+        for (flag, value) in required {
+            if !argv.contains(flag) {
+                full.extend([*flag, *value]);
+            }
+        }
+        full.extend(argv);
+        let cmd = Cmd::<A>::try_parse_from(full).expect("flags parse");
+        C::try_from(cmd.args)
+    }
+}

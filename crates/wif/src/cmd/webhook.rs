@@ -252,27 +252,15 @@ pub(crate) async fn run(args: WebhookArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        args: WebhookArgs,
-    }
 
     fn config(argv: &[&str]) -> anyhow::Result<WebhookConfig> {
         // The required flags (and a fixed cloud, whatever AZURE_ENVIRONMENT says), unless given.
-        let mut full = vec!["webhook"];
-        for (flag, value) in [("--tenant-id", "t"), ("--cloud", "AzurePublicCloud")] {
-            if !argv.contains(&flag) {
-                full.extend([flag, value]);
-            }
-        }
-        full.extend(argv);
-        let cmd = Cmd::try_parse_from(full).expect("flags parse");
-        WebhookConfig::try_from(cmd.args)
+        crate::cmd::testing::config::<WebhookArgs, _>(
+            "webhook",
+            &[("--tenant-id", "t"), ("--cloud", "AzurePublicCloud")],
+            argv,
+        )
     }
 
     #[test]
