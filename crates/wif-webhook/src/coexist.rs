@@ -16,7 +16,7 @@ pub const UPSTREAM_CONFIGURATION: &str = "azure-wi-webhook-mutating-webhook-conf
 /// Name of upstream's (and the add-on's) webhook inside that configuration.
 pub const UPSTREAM_WEBHOOK: &str = "mutation.azure-workload-identity.io";
 /// Suffix of wif's own webhook names.
-pub const WIF_WEBHOOK_SUFFIX: &str = ".wif.azure.workload.identity";
+pub(crate) const WIF_WEBHOOK_SUFFIX: &str = ".wif.azure.workload.identity";
 
 /// Whose webhook it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +233,7 @@ pub fn log_conflicts(all: &[Claimant], own: Option<&str>) -> usize {
 }
 
 /// Registers `wif_other_webhook_configurations` (the webhook's copy of the controller's gauge).
-pub fn register_gauge(registry: &mut prometheus_client::registry::Registry) -> Gauge {
+pub(crate) fn register_gauge(registry: &mut prometheus_client::registry::Registry) -> Gauge {
     let g = Gauge::default();
     registry.register(
         "wif_other_webhook_configurations",
@@ -248,7 +248,7 @@ pub type Gauge = prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic
 
 /// Lists the configurations once (at start), logs each conflict and sets `gauge`. A failure to
 /// list (RBAC) is logged, never fatal.
-pub async fn report_at_start(client: Client, gauge: Gauge) {
+pub(crate) async fn report_at_start(client: Client, gauge: Gauge) {
     match detect(&client).await {
         Ok(all) => {
             let n = log_conflicts(&all, None);

@@ -65,7 +65,7 @@ pub enum LookupError {
 
 /// ServiceAccounts by namespace, then name (nested so a lookup borrows both strings).
 #[derive(Default)]
-pub struct Index {
+pub(crate) struct Index {
     namespaces: HashMap<Box<str>, HashMap<Box<str>, Arc<CachedServiceAccount>>>,
     len: usize,
 }
@@ -105,20 +105,15 @@ impl Index {
     pub fn len(&self) -> usize {
         self.len
     }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// Objects per page of the initial (and any re-) list of ServiceAccounts, when the API server
 /// does not serve streaming lists.
-pub const LIST_PAGE_SIZE: u32 = 500;
+pub(crate) const LIST_PAGE_SIZE: u32 = 500;
 
 /// How the initial list of ServiceAccounts is received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialList {
+pub(crate) enum InitialList {
     /// One watch with `sendInitialEvents=true`: objects arrive one event at a time.
     Streaming,
     /// A paged list ([`LIST_PAGE_SIZE`] objects a page), then a watch.
@@ -145,7 +140,7 @@ impl InitialList {
 /// Whether a watcher error says the API server does not serve streaming lists: it answers the
 /// initial watch with `422 Invalid` ("sendInitialEvents is forbidden for watch unless the
 /// WatchList feature gate is enabled").
-pub fn refuses_streaming_lists(error: &watcher::Error) -> bool {
+pub(crate) fn refuses_streaming_lists(error: &watcher::Error) -> bool {
     match error {
         watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.is_invalid(),
         watcher::Error::WatchError(status) => status.is_invalid(),
@@ -156,7 +151,7 @@ pub fn refuses_streaming_lists(error: &watcher::Error) -> bool {
 /// Applies watcher events to a shared [`Index`]. A relist is collected aside and swapped in
 /// whole when it is complete, so readers never see a half-listed cache.
 #[derive(Default)]
-pub struct Reflector {
+pub(crate) struct Reflector {
     live: Arc<RwLock<Index>>,
     relist: Option<Index>,
 }
@@ -223,7 +218,7 @@ pub fn compact(sa: &PartialObjectMeta<ServiceAccount>) -> CachedServiceAccount {
 }
 
 /// Whether the webhook has anything to read on this ServiceAccount.
-pub fn has_wif_keys(sa: &CachedServiceAccount) -> bool {
+pub(crate) fn has_wif_keys(sa: &CachedServiceAccount) -> bool {
     !sa.annotations.is_empty() || !sa.labels.is_empty()
 }
 
@@ -289,7 +284,7 @@ impl ServiceAccountCache {
     }
 
     /// Whether the initial list has been received.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
@@ -438,7 +433,7 @@ mod tests {
         assert!(!r.apply(Event::Init));
         assert!(!r.apply(Event::InitApply(sa("a", "one", &[CID]))));
         assert!(!r.apply(Event::InitApply(sa("a", "two", &[CID]))));
-        assert!(read(&index).is_empty(), "a relist is invisible until done");
+        assert!(read(&index).len() == 0, "a relist is invisible until done");
         assert!(r.apply(Event::InitDone));
         assert_eq!(read(&index).len(), 2);
 

@@ -91,7 +91,7 @@ impl Reason {
 
 /// Label set of `wif_admission_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AdmissionLabels {
+pub(crate) struct AdmissionLabels {
     /// `mutated`, `skipped` or `refused`.
     pub result: &'static str,
     /// See [`Reason::label`].
@@ -127,7 +127,7 @@ impl AdmissionCounter {
 
 /// Why a pod without `azure.workload.identity/use: "true"` was not mutated, and the warnings
 /// to show. `sa`: the ServiceAccount's metadata, `None` when it does not exist.
-pub fn explain_unlabelled(
+pub(crate) fn explain_unlabelled(
     pod: &PodView<'_>,
     sa: Option<&MetaView<'_>>,
     pod_ref: &str,
@@ -198,7 +198,7 @@ pub fn explain_unlabelled(
 
 /// The known key nearest to `key` when `key` is under the prefix but unknown (named identity
 /// and audience keys, `client-id.<name>`, count as known).
-pub fn misspelt(key: &str) -> Option<&'static str> {
+pub(crate) fn misspelt(key: &str) -> Option<&'static str> {
     let suffix = key.strip_prefix(PREFIX)?;
     if KNOWN_KEYS.contains(&key)
         || EXTRA_KNOWN

@@ -79,7 +79,7 @@ impl CertStore {
     }
 
     /// Whether a certificate has been loaded.
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.current.load().is_some()
     }
 
@@ -118,7 +118,7 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// Parses a PEM chain and private key into a rustls `CertifiedKey`.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn certified_key(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .filter_map(Result::ok)
         .collect();

@@ -47,7 +47,7 @@ use wif_api::{
 
 /// What the validating endpoint reads: policies and namespace labels, from watches.
 #[derive(Clone)]
-pub struct PolicyCache {
+pub(crate) struct PolicyCache {
     policies: Store<FederatedIdentityPolicy>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     synced: Arc<AtomicBool>,
@@ -58,7 +58,7 @@ pub struct PolicyCache {
 impl PolicyCache {
     /// Starts cluster-wide watches of policies and namespace metadata; they run until `stop`.
     /// Without the CRDs installed the policy watch retries (logged) and bindings are refused.
-    pub fn spawn(client: Client, stop: CancellationToken) -> Self {
+    pub(crate) fn spawn(client: Client, stop: CancellationToken) -> Self {
         let (policies, policy_writer) = reflector::store();
         let (namespaces, ns_writer) = reflector::store();
         let policy_events = watcher(
@@ -147,7 +147,7 @@ impl PolicyCache {
     }
 
     /// Whether both initial lists arrived.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
@@ -173,7 +173,7 @@ impl PolicyCache {
 
 /// Decides on a binding in `namespace` (labels `labels`) given every policy: `Ok(warnings)` to
 /// admit, `Err(message)` to refuse.
-pub fn validate_binding(
+pub(crate) fn validate_binding(
     binding: &FederatedIdentityBinding,
     namespace: &str,
     labels: &BTreeMap<String, String>,
@@ -191,7 +191,7 @@ pub fn validate_binding(
 }
 
 /// Decides on a policy: `Err` lists every problem.
-pub fn validate_policy(policy: &FederatedIdentityPolicy) -> Result<Vec<String>, String> {
+pub(crate) fn validate_policy(policy: &FederatedIdentityPolicy) -> Result<Vec<String>, String> {
     let problems = wif_api::policy::validate_policy(&policy.spec);
     let mut warnings = Vec::new();
     if policy.spec.applications.iter().any(|a| a == "*")
@@ -223,7 +223,7 @@ pub fn validate_policy(policy: &FederatedIdentityPolicy) -> Result<Vec<String>, 
 }
 
 /// Decides on a pool: `Err` lists every problem, each naming its field.
-pub fn validate_pool(pool: &wif_api::FederatedIdentityPool) -> Result<Vec<String>, String> {
+pub(crate) fn validate_pool(pool: &wif_api::FederatedIdentityPool) -> Result<Vec<String>, String> {
     let problems = wif_api::pool::validate_pool(&pool.spec);
     if problems.is_empty() {
         Ok(Vec::new())
@@ -234,7 +234,7 @@ pub fn validate_pool(pool: &wif_api::FederatedIdentityPool) -> Result<Vec<String
 
 /// State of the validating routes.
 #[derive(Clone)]
-pub struct ValidationState {
+pub(crate) struct ValidationState {
     /// Policies and namespaces.
     pub cache: PolicyCache,
 }
@@ -264,7 +264,7 @@ fn verdict(
 }
 
 /// Answers one review for a binding or a policy.
-pub async fn review(state: &ValidationState, body: &[u8]) -> Response {
+pub(crate) async fn review(state: &ValidationState, body: &[u8]) -> Response {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -338,7 +338,7 @@ pub async fn review(state: &ValidationState, body: &[u8]) -> Response {
 
 /// `POST` routes for [`wif_api::VALIDATE_BINDING_PATH`], [`wif_api::VALIDATE_POLICY_PATH`] and
 /// [`wif_api::VALIDATE_POOL_PATH`] (each accepts any of the kinds), reading at most `max_body` bytes.
-pub fn router(state: ValidationState, max_body: usize) -> Router {
+pub(crate) fn router(state: ValidationState, max_body: usize) -> Router {
     let handler = move |State(state): State<ValidationState>, req: Request<Body>| async move {
         match axum::body::to_bytes(req.into_body(), max_body).await {
             Ok(body) => review(&state, &body).await,
