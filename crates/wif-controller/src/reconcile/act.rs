@@ -112,9 +112,11 @@ pub(super) async fn sync(
     events: &mut Vec<Note>,
 ) -> Result<(FederatedCredential, Synced), Failure> {
     let on = parent.display();
+    let started = std::time::Instant::now();
     let mut listing = ctx.directory.lock(&parent.key()).await;
+    ctx.metrics.waited("identity_lock", started);
     let observed = match listing.fresh(ctx.directory.list_ttl) {
-        Some(list) => list.to_vec(),
+        Some(list) => list,
         None => {
             let list = ctx
                 .azure

@@ -357,6 +357,7 @@ fn settings() -> Settings {
         resync_interval: Duration::from_secs(600),
         resync_jitter: Duration::from_secs(60),
         max_credentials: 20,
+        namespace_selector: None,
         readback: ReadBackConfig {
             count: 1,
             interval: Duration::from_millis(1),

@@ -5,10 +5,13 @@
 //! identity of the pool (adoption). A kill at any point therefore leaves either no credential
 //! (the recorded placement is retried) or one credential where the status says (kept).
 //!
-//! Capacity: placements of one pool are serialised in this process (the pool's lock is held
-//! from counting to recording), the count includes slots reserved by this process and placements
-//! recorded by other bindings whose credential is not created yet, and the create itself is
-//! planned under the identity's lock against its real list with the pool's capacity as the
+//! Capacity: placements of one pool are decided one at a time in this process (under the
+//! pool's lock), from every identity's last list read *without* its lock (every write of this
+//! controller keeps that list current, so a create in flight does not stall the pool), plus the
+//! slots reserved by this process and the placements recorded by other bindings whose
+//! credential is not listed yet. The slot is reserved before the pool's lock is released and
+//! before the placement is recorded, so the status write runs outside the lock. The create
+//! itself is planned under the identity's lock against its list with the pool's capacity as the
 //! limit (so even a stale count never puts a credential beyond it).
 
 use kube::ResourceExt;
@@ -76,7 +79,7 @@ pub(crate) async fn listed(
     parent: &Parent,
 ) -> Result<Vec<FederatedCredential>, Failure> {
     if let Some(list) = listing.fresh(ctx.directory.list_ttl) {
-        return Ok(list.to_vec());
+        return Ok(list);
     }
     let list =
         ctx.azure.list(parent).await.map_err(|e| {
@@ -147,6 +150,15 @@ fn credential_name(ctx: &Context, b: &FederatedIdentityBinding) -> String {
     })
 }
 
+/// The name of the credential a binding's status says it placed or holds (the status's
+/// credential when recorded, else its spec's or default name).
+fn placed_name(ctx: &Context, b: &FederatedIdentityBinding) -> String {
+    b.status
+        .as_ref()
+        .and_then(|s| s.credential.as_ref())
+        .map_or_else(|| credential_name(ctx, b), |c| c.name.clone())
+}
+
 /// Credential names of the other bindings placed on each identity (by pool key) of `pool`, as
 /// their statuses recorded (one pass over the binding cache).
 fn placed_elsewhere(
@@ -165,7 +177,7 @@ fn placed_elsewhere(
         }
         out.entry(recorded_key(&p.identity))
             .or_default()
-            .push(credential_name(ctx, &o));
+            .push(placed_name(ctx, &o));
     }
     out
 }
@@ -222,59 +234,123 @@ pub(super) async fn place(
     let pool = pool_of(ctx, name).await?;
     let capacity = pool.spec.capacity_per_identity;
     let recorded = old.placement.as_ref().filter(|p| p.pool == name);
-
-    // Fast path: the recorded identity is in the pool and holds our credential.
     if let Some(p) = recorded
-        && let Some(entry) = pool
-            .spec
-            .identities
-            .iter()
-            .find(|e| same_identity(&p.identity, &e.key()))
-        && let Ok(resolved) = resolve_entry(ctx, entry).await
+        && let Some(kept) = keep_recorded(ctx, b, &pool, p).await
     {
-        let desired = target::desired(&ctx.settings, b, &resolved.parent);
-        let mut listing = ctx.directory.lock(&resolved.parent.key()).await;
-        if let Ok(list) = listed(ctx, &mut listing, &resolved.parent).await
-            && holds_ours(ctx, b, &resolved.parent, &desired, &list)
-        {
-            drop(listing);
-            return Ok(Placed {
-                resolved,
-                placement: p.clone(),
-                capacity: capacity as usize,
-                reservation: None,
-            });
-        }
+        return Ok(kept);
     }
+    let (resolved, index, decision, reservation) = decide(ctx, b, &pool, recorded).await?;
+    let placement = new_placement(name, &pool.spec.identities[index], recorded, old, &resolved);
+    if old.placement.as_ref() != Some(&placement) {
+        if let Err(e) = record(ctx, b, old, &placement).await {
+            ctx.directory.release(&reservation.0, &reservation.1);
+            return Err(Failure::new(
+                Reason::KubernetesApi,
+                format!("recording the placement in status: {e}"),
+            ));
+        }
+        tracing::info!(pool = name, identity = %placement.identity, ?decision, "placed binding");
+    }
+    Ok(Placed {
+        resolved,
+        placement,
+        capacity: capacity as usize,
+        reservation: Some(reservation),
+    })
+}
 
-    // Slow path: under the pool's lock, count every identity and decide.
-    let guard = ctx.directory.lock(&format!("pool/{name}")).await;
-    let elsewhere = placed_elsewhere(ctx, b, name);
-    let mine = credential_name(ctx, b);
-    let mut candidates = Vec::with_capacity(pool.spec.identities.len());
-    let mut resolved_all = Vec::with_capacity(pool.spec.identities.len());
-    for entry in &pool.spec.identities {
-        let key = entry.key();
-        let unusable = |key: String| Candidate {
+/// Fast path: the recorded identity is in the pool and holds our credential (its list read
+/// without its lock when fresh).
+async fn keep_recorded(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    pool: &FederatedIdentityPool,
+    p: &PlacementStatus,
+) -> Option<Placed> {
+    let entry = pool
+        .spec
+        .identities
+        .iter()
+        .find(|e| same_identity(&p.identity, &e.key()))?;
+    let resolved = resolve_entry(ctx, entry).await.ok()?;
+    let desired = target::desired(&ctx.settings, b, &resolved.parent);
+    let list = match ctx.directory.peek(&resolved.parent.key()) {
+        Some(peeked) if peeked.fresh => peeked.credentials,
+        _ => {
+            let mut listing = ctx.directory.lock(&resolved.parent.key()).await;
+            listed(ctx, &mut listing, &resolved.parent).await.ok()?
+        }
+    };
+    holds_ours(ctx, b, &resolved.parent, &desired, &list).then(|| Placed {
+        resolved,
+        placement: p.clone(),
+        capacity: pool.spec.capacity_per_identity as usize,
+        reservation: None,
+    })
+}
+
+/// An identity's current list: the last one when fetched less than the list TTL ago, or older
+/// while a write holds the identity's lock (that write keeps it current); otherwise listed again
+/// under the lock.
+pub(crate) async fn current_list(
+    ctx: &Context,
+    parent: &Parent,
+) -> Result<Vec<FederatedCredential>, Failure> {
+    let key = parent.key();
+    let mut listing = match ctx.directory.peek(&key) {
+        Some(p) if p.fresh => return Ok(p.credentials),
+        Some(p) => match ctx.directory.try_lock(&key) {
+            Some(listing) => listing,
+            None => return Ok(p.credentials),
+        },
+        None => ctx.directory.lock(&key).await,
+    };
+    listed(ctx, &mut listing, parent).await
+}
+
+/// Makes sure every identity of the pool is resolved and listed ([`current_list`]),
+/// concurrently. `None`: the identity cannot be read (not used).
+async fn survey(ctx: &Context, pool: &FederatedIdentityPool) -> Vec<Option<ResolvedIdentity>> {
+    let one = |entry: &PoolIdentity| {
+        let entry = entry.clone();
+        async move {
+            let resolved = resolve_entry(ctx, &entry).await.ok()?;
+            current_list(ctx, &resolved.parent).await.ok()?;
+            Some(resolved)
+        }
+    };
+    futures::future::join_all(pool.spec.identities.iter().map(one)).await
+}
+
+/// What one identity holds for this binding's placement (`None`: unusable).
+struct Count<'a> {
+    ctx: &'a Context,
+    b: &'a FederatedIdentityBinding,
+    elsewhere: std::collections::HashMap<String, Vec<String>>,
+    mine: String,
+}
+
+impl Count<'_> {
+    fn candidate(&self, key: String, resolved: Option<&ResolvedIdentity>) -> Candidate {
+        let unusable = |key| Candidate {
             key,
             usable: false,
             used: 0,
             ours: false,
             subject_taken: false,
         };
-        let Ok(resolved) = resolve_entry(ctx, entry).await else {
-            candidates.push(unusable(key));
-            resolved_all.push(None);
-            continue;
+        let Some(resolved) = resolved else {
+            return unusable(key);
         };
+        let parent_key = resolved.parent.key();
+        // Reservations before the list: a create that completes in between is in the list
+        // before its reservation is released, so it is counted once either way.
+        let reserved = self.ctx.directory.reserved(&parent_key);
+        let Some(list) = self.ctx.directory.peek(&parent_key).map(|p| p.credentials) else {
+            return unusable(key);
+        };
+        let (ctx, b) = (self.ctx, self.b);
         let desired = target::desired(&ctx.settings, b, &resolved.parent);
-        let mut listing = ctx.directory.lock(&resolved.parent.key()).await;
-        let Ok(list) = listed(ctx, &mut listing, &resolved.parent).await else {
-            candidates.push(unusable(key));
-            resolved_all.push(None);
-            continue;
-        };
-        drop(listing);
         let ours = holds_ours(ctx, b, &resolved.parent, &desired, &list);
         let owner = target::ownership(&ctx.settings, b, &resolved.parent, &[]);
         let subject_taken = list.iter().any(|c| {
@@ -285,21 +361,47 @@ pub(super) async fn place(
         });
         let used = u32::try_from(list.len())
             .unwrap_or(u32::MAX)
-            .saturating_add(pending(
-                elsewhere.get(&key),
-                ctx.directory.reserved(&resolved.parent.key()),
-                &mine,
-                &list,
-            ));
-        candidates.push(Candidate {
+            .saturating_add(pending(self.elsewhere.get(&key), reserved, &self.mine, &list));
+        Candidate {
             key,
             usable: true,
             used,
             ours,
             subject_taken,
-        });
-        resolved_all.push(Some(resolved));
+        }
     }
+}
+
+/// Slow path, under the pool's lock: survey, count every identity, decide, and reserve the slot
+/// (the lock is released before the placement is recorded: the reservation holds the slot for
+/// the other placements of this process).
+async fn decide(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    pool: &FederatedIdentityPool,
+    recorded: Option<&PlacementStatus>,
+) -> Result<(ResolvedIdentity, usize, placement::Decision, (String, String)), Failure> {
+    let name = pool.name_any();
+    let capacity = pool.spec.capacity_per_identity;
+    let started = std::time::Instant::now();
+    let _guard = ctx.directory.lock(&format!("pool/{name}")).await;
+    ctx.metrics.waited("pool_lock", started);
+    let surveyed = std::time::Instant::now();
+    let resolved = survey(ctx, pool).await;
+    ctx.metrics.waited("pool_survey", surveyed);
+    let count = Count {
+        ctx,
+        b,
+        elsewhere: placed_elsewhere(ctx, b, &name),
+        mine: credential_name(ctx, b),
+    };
+    let candidates: Vec<Candidate> = pool
+        .spec
+        .identities
+        .iter()
+        .zip(&resolved)
+        .map(|(entry, r)| count.candidate(entry.key(), r.as_ref()))
+        .collect();
     let recorded_key = recorded.and_then(|p| {
         pool.spec
             .identities
@@ -309,28 +411,44 @@ pub(super) async fn place(
     });
     let decision = placement::place(&candidates, capacity, recorded_key.as_deref());
     let Some(index) = decision.index() else {
-        let usable = candidates.iter().filter(|c| c.usable).count();
-        return Err(Failure::new(
-            Reason::PoolFull,
-            format!(
-                "no identity of FederatedIdentityPool {name} has a free slot for this binding ({usable} of {} identities usable, {capacity} credentials each, counting every credential they hold): add an identity to the pool, raise spec.capacityPerIdentity (at most 20) or delete bindings; the binding is placed as soon as a slot frees",
-                candidates.len()
-            ),
-        ));
+        return Err(pool_full(&name, &candidates, capacity));
     };
-    let Some(resolved) = resolved_all.get(index).cloned().flatten() else {
+    let Some(chosen) = resolved.get(index).cloned().flatten() else {
         return Err(Failure::new(Reason::AzureError, "the chosen identity vanished"));
     };
-    let entry = &pool.spec.identities[index];
+    let reservation = (chosen.parent.key(), count.mine);
+    ctx.directory.reserve(&reservation.0, &reservation.1);
+    Ok((chosen, index, decision, reservation))
+}
+
+/// The `PoolFull` failure.
+fn pool_full(name: &str, candidates: &[Candidate], capacity: u32) -> Failure {
+    let usable = candidates.iter().filter(|c| c.usable).count();
+    Failure::new(
+        Reason::PoolFull,
+        format!(
+            "no identity of FederatedIdentityPool {name} has a free slot for this binding ({usable} of {} identities usable, {capacity} credentials each, counting every credential they hold): add an identity to the pool, raise spec.capacityPerIdentity (at most 20) or delete bindings; the binding is placed as soon as a slot frees",
+            candidates.len()
+        ),
+    )
+}
+
+/// The placement to record on `entry`. Leaving an identity (removed from the pool, or the
+/// binding named a single identity before): its credential, as the status recorded it, is
+/// deleted only after the new one works.
+fn new_placement(
+    pool: &str,
+    entry: &PoolIdentity,
+    recorded: Option<&PlacementStatus>,
+    old: &FederatedIdentityBindingStatus,
+    resolved: &ResolvedIdentity,
+) -> PlacementStatus {
     let mut placement = PlacementStatus {
-        pool: name.to_owned(),
+        pool: pool.to_owned(),
         identity: entry.id().to_owned(),
         previous: recorded.and_then(|p| p.previous.clone()),
         previous_tenant_id: recorded.and_then(|p| p.previous_tenant_id.clone()),
     };
-    // Leaving an identity (removed from the pool, or the binding named a single identity
-    // before): its credential, as the status recorded it, is deleted only after the new one
-    // works.
     if placement.previous.is_none()
         && let Some(c) = old.credential.as_ref()
         && !c.parent.eq_ignore_ascii_case(&resolved.parent.display())
@@ -338,26 +456,7 @@ pub(super) async fn place(
         placement.previous = Some(c.clone());
         placement.previous_tenant_id = old.tenant_id.clone();
     }
-    if old.placement.as_ref() != Some(&placement) {
-        record(ctx, b, old, &placement).await.map_err(|e| {
-            Failure::new(
-                Reason::KubernetesApi,
-                format!("recording the placement in status: {e}"),
-            )
-        })?;
-        tracing::info!(pool = name, identity = %placement.identity, ?decision, "placed binding");
-    }
-    // The slot is taken for the next placement of this process; the pool's lock can go (the
-    // create itself is checked against the identity's real list under the identity's lock).
-    let reservation = (resolved.parent.key(), mine);
-    ctx.directory.reserve(&reservation.0, &reservation.1);
-    drop(guard);
-    Ok(Placed {
-        resolved,
-        placement,
-        capacity: capacity as usize,
-        reservation: Some(reservation),
-    })
+    placement
 }
 
 /// Writes the status with `placement` (the rest as it was), before any credential is created.
