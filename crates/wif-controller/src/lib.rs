@@ -31,6 +31,7 @@ pub mod propagation;
 mod reasons;
 pub mod reconcile;
 mod service_account;
+pub mod share;
 mod startup;
 pub mod unmutated;
 

@@ -502,3 +502,64 @@ async fn an_identity_removed_from_the_pool_moves_its_bindings_without_a_failed_e
     }
     assert_capacity(&w.usage().await, 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane"]
+async fn two_bindings_of_one_service_account_share_one_credential_until_the_last_goes() {
+    let w = world("pool-share", &[POOL_A, POOL_B], 20).await;
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &ControllerOptions::default()).await;
+    w.ns.service_account("shared", &[]).await;
+    for name in ["first", "second"] {
+        let b = binding(name, "shared", json!({"pool": {"name": w.pool.name}}), json!({}));
+        w.bindings()
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("create binding");
+    }
+    let both = ["first".to_owned(), "second".to_owned()];
+    let ready = w.all_ready(&both).await;
+    let ids: BTreeSet<String> = ready
+        .iter()
+        .map(|b| b.status.as_ref().unwrap().client_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "both on one identity: {ids:?}");
+    let client_id = ids.into_iter().next().unwrap();
+    let usage = w.usage().await;
+    assert_eq!(
+        usage.values().map(Vec::len).sum::<usize>(),
+        1,
+        "one credential for both: {usage:?}\n{}",
+        ctl.logs()
+    );
+    assert_eq!(w.exchange("shared", &client_id).await.unwrap(), client_id);
+
+    // The binding that created it goes: the credential stays for the other one.
+    let creator = usage.values().flatten().next().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (gone, stays) = if creator == naming::default_credential_name(&cluster_id(&w.ns), &w.ns.name, "first")
+    {
+        ("first", "second")
+    } else {
+        ("second", "first")
+    };
+    w.bindings().delete(gone, &DeleteParams::default()).await.unwrap();
+    eventually("the binding that went is gone", T, || async {
+        w.bindings().get_opt(gone).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(w.usage().await.values().map(Vec::len).sum::<usize>(), 1, "kept");
+    assert_eq!(w.exchange("shared", &client_id).await.unwrap(), client_id);
+    w.all_ready(&[stays.to_owned()]).await;
+
+    // The last one goes: deleted.
+    w.bindings()
+        .delete(stays, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("no credential left", T, || async {
+        (w.usage().await.values().map(Vec::len).sum::<usize>() == 0).then_some(())
+    })
+    .await;
+}

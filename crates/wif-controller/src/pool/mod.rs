@@ -99,8 +99,10 @@ fn became_true(old: &[Condition], new: &[Condition], kind: &str) -> bool {
     is_true(new) && !is_true(old)
 }
 
-/// The bindings a change of `pool` should wake: those naming it that are not `Ready` (a
-/// `PoolFull` binding is placed as soon as a slot frees) or whose identity left the pool.
+/// The bindings a change of `pool` should wake: those naming it that wait for the pool (`Ready`
+/// false because of it: a `PoolFull` binding is placed as soon as a slot frees) or whose identity
+/// left the pool. Bindings busy with their credential are not woken (they retry on their own):
+/// while a pool fills, its status changes every few seconds.
 pub fn waiting_bindings(
     bindings: &[Arc<wif_api::FederatedIdentityBinding>],
     pool: &FederatedIdentityPool,
@@ -117,17 +119,21 @@ pub fn waiting_bindings(
         .filter(|b| b.spec.identity.pool.as_ref().is_some_and(|p| p.name == name))
         .filter(|b| {
             let status = b.status.as_ref();
-            let ready = status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            let waits = status.is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.status != "True"
+                        && [Reason::PoolFull, Reason::PoolNotFound, Reason::InvalidPool]
+                            .iter()
+                            .any(|r| r.as_str() == c.reason)
+                })
             });
             let left = status.and_then(|s| s.placement.as_ref()).is_some_and(|p| {
                 !keys
                     .iter()
                     .any(|k| crate::reconcile::pooled::same_identity(&p.identity, k))
             });
-            !ready || left
+            waits || left
         })
         .map(|b| kube::runtime::reflector::ObjectRef::from_obj(b.as_ref()))
         .collect()
@@ -286,6 +292,45 @@ mod tests {
         assert_eq!((c[0].1, c[0].2), (false, Reason::NoUsableIdentity));
         let c = conditions(1, 1, &u, &["spec.capacityPerIdentity 0".into()]);
         assert_eq!(c[0].2, Reason::InvalidPool);
+    }
+
+    #[test]
+    fn a_pool_change_wakes_only_the_bindings_waiting_for_it() {
+        let pool: FederatedIdentityPool = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPool",
+            "metadata": {"name": "p"},
+            "spec": {"identities": [{"application": {"clientId": "0a1b2c3d-0000-4000-8000-00000000000a"}}]}
+        }))
+        .unwrap();
+        let binding =
+            |name: &str, ready: &str, reason: &str, on: &str| -> Arc<wif_api::FederatedIdentityBinding> {
+                Arc::new(
+                    serde_json::from_value(json!({
+                        "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityBinding",
+                        "metadata": {"name": name, "namespace": "ns"},
+                        "spec": {"serviceAccountName": "sa", "identity": {"pool": {"name": "p"}}},
+                        "status": {
+                            "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "",
+                                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                            "placement": {"pool": "p", "identity": on},
+                        }
+                    }))
+                    .unwrap(),
+                )
+            };
+        let here = "0a1b2c3d-0000-4000-8000-00000000000a";
+        let gone = "0a1b2c3d-0000-4000-8000-00000000000b";
+        let bindings = vec![
+            binding("full", "False", "PoolFull", here),
+            binding("creating", "False", "AwaitingCredential", here),
+            binding("ready", "True", "Ready", here),
+            binding("left", "True", "Ready", gone),
+        ];
+        let woken: Vec<String> = waiting_bindings(&bindings, &pool)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["full", "left"]);
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct World {
     /// Credentials on `APP2`.
     pub credentials2: Vec<CredentialSeed>,
     pub pools: Vec<FederatedIdentityPool>,
+    /// Other bindings in the binding cache (only the reconciled one is on the API server).
+    pub others: Vec<FederatedIdentityBinding>,
 }
 
 impl World {
@@ -288,7 +290,7 @@ impl Harness {
         }
         pools.apply_watcher_event(&watcher::Event::InitDone);
         let stores = Stores {
-            bindings: filled(vec![binding.clone()]),
+            bindings: filled(std::iter::once(binding.clone()).chain(world.others).collect()),
             policies: filled(world.policies),
             pools: pools.as_reader(),
             namespaces: filled(vec![namespace]),

@@ -35,6 +35,8 @@ mod fixtures;
 #[cfg(test)]
 mod pool_tests;
 #[cfg(test)]
+mod share_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{sync::Arc, time::Instant};

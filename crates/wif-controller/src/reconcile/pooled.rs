@@ -69,6 +69,9 @@ pub(crate) async fn resolve_entry(ctx: &Context, entry: &PoolIdentity) -> Result
         .tenant_id
         .clone()
         .unwrap_or_else(|| ctx.settings.default_tenant.clone());
+    // One lookup per identity when many placements start at once (a cold start): the others
+    // wait for it and find it cached.
+    let _one = ctx.directory.lock(&format!("resolve/{}", entry.key())).await;
     target::resolve(ctx, &target, &tenant).await
 }
 
@@ -118,13 +121,15 @@ async fn pool_of(ctx: &Context, name: &str) -> Result<std::sync::Arc<FederatedId
     Ok(pool)
 }
 
-/// Whether `list` holds this binding's credential (`desired` names it on ARM).
+/// Whether `list` holds this binding's credential (`desired` names it on ARM), or the one it
+/// shares with the bindings of its ServiceAccount and audience (`sharing`).
 fn holds_ours(
     ctx: &Context,
     b: &FederatedIdentityBinding,
     parent: &Parent,
     desired: &CredentialSpec,
     list: &[FederatedCredential],
+    sharing: &[std::sync::Arc<FederatedIdentityBinding>],
 ) -> bool {
     let extra: Vec<String> = if parent.backend() == Backend::Arm {
         vec![desired.name.clone()]
@@ -132,11 +137,19 @@ fn holds_ours(
         Vec::new()
     };
     let ours = target::ownership(&ctx.settings, b, parent, &extra);
-    list.iter().any(|c| {
+    let own = list.iter().any(|c| {
         ours.owns(c)
             && (parent.backend() == Backend::Graph
                 || (c.issuer == desired.issuer && c.subject == desired.subject))
-    })
+    });
+    own || (!sharing.is_empty()
+        && crate::share::shared(
+            desired,
+            list,
+            &ours,
+            &target::sharers_on(&ctx.settings, sharing, parent),
+        )
+        .is_some())
 }
 
 /// The credential name of a binding (its spec's, else the deterministic default).
@@ -281,7 +294,8 @@ async fn keep_recorded(
             listed(ctx, &mut listing, &resolved.parent).await.ok()?
         }
     };
-    holds_ours(ctx, b, &resolved.parent, &desired, &list).then(|| Placed {
+    let sharing = target::sharing(ctx, b);
+    holds_ours(ctx, b, &resolved.parent, &desired, &list, &sharing).then(|| Placed {
         resolved,
         placement: p.clone(),
         capacity: pool.spec.capacity_per_identity as usize,
@@ -328,6 +342,10 @@ struct Count<'a> {
     b: &'a FederatedIdentityBinding,
     elsewhere: std::collections::HashMap<String, Vec<String>>,
     mine: String,
+    /// The bindings of the same ServiceAccount and audience.
+    sharing: Vec<std::sync::Arc<FederatedIdentityBinding>>,
+    /// Their credential names (to find their in-process reservations).
+    sharing_names: Vec<String>,
 }
 
 impl Count<'_> {
@@ -351,10 +369,24 @@ impl Count<'_> {
         };
         let (ctx, b) = (self.ctx, self.b);
         let desired = target::desired(&ctx.settings, b, &resolved.parent);
-        let ours = holds_ours(ctx, b, &resolved.parent, &desired, &list);
+        // A binding of the same ServiceAccount and audience placed (or being placed) here: the
+        // credential is shared, so this binding goes where it is.
+        let sharer_here = self.sharing.iter().any(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.placement.as_ref())
+                .is_some_and(|p| same_identity(&p.identity, &key))
+        }) || reserved
+            .iter()
+            .any(|r| self.sharing_names.iter().any(|n| n.eq_ignore_ascii_case(r)));
+        let ours = sharer_here || holds_ours(ctx, b, &resolved.parent, &desired, &list, &self.sharing);
         let owner = target::ownership(&ctx.settings, b, &resolved.parent, &[]);
+        let sharers = target::sharers_on(&ctx.settings, &self.sharing, &resolved.parent);
         let subject_taken = list.iter().any(|c| {
             !owner.owns(c)
+                && !sharers
+                    .iter()
+                    .any(|s| s.ownership.owns(c) && desired.matches(c, false))
                 && !c.name.eq_ignore_ascii_case(&desired.name)
                 && c.issuer == desired.issuer
                 && c.subject == desired.subject
@@ -372,9 +404,9 @@ impl Count<'_> {
     }
 }
 
-/// Slow path, under the pool's lock: survey, count every identity, decide, and reserve the slot
-/// (the lock is released before the placement is recorded: the reservation holds the slot for
-/// the other placements of this process).
+/// Slow path: survey, then under the pool's lock count every identity, decide, and reserve the
+/// slot (the lock is released before the placement is recorded: the reservation holds the slot
+/// for the other placements of this process).
 async fn decide(
     ctx: &Context,
     b: &FederatedIdentityBinding,
@@ -383,18 +415,24 @@ async fn decide(
 ) -> Result<(ResolvedIdentity, usize, placement::Decision, (String, String)), Failure> {
     let name = pool.name_any();
     let capacity = pool.spec.capacity_per_identity;
-    let started = std::time::Instant::now();
-    let _guard = ctx.directory.lock(&format!("pool/{name}")).await;
-    ctx.metrics.waited("pool_lock", started);
+    // Outside the pool's lock: what does not change with this process's placements (the
+    // survey warms the resolutions and lists; statuses come from the cache). Under it: the
+    // reservations and the lists, read together.
     let surveyed = std::time::Instant::now();
     let resolved = survey(ctx, pool).await;
     ctx.metrics.waited("pool_survey", surveyed);
+    let sharing = target::sharing(ctx, b);
     let count = Count {
         ctx,
         b,
         elsewhere: placed_elsewhere(ctx, b, &name),
         mine: credential_name(ctx, b),
+        sharing_names: sharing.iter().map(|o| credential_name(ctx, o)).collect(),
+        sharing,
     };
+    let started = std::time::Instant::now();
+    let _guard = ctx.directory.lock(&format!("pool/{name}")).await;
+    ctx.metrics.waited("pool_lock", started);
     let candidates: Vec<Candidate> = pool
         .spec
         .identities

@@ -246,6 +246,8 @@ pub enum Synced {
     Adopted,
     /// Nothing to write.
     InSync,
+    /// Served by the credential of the bindings of the same ServiceAccount and audience.
+    Shared,
 }
 
 /// How carrying out `plan` ends the sync.
@@ -284,6 +286,10 @@ pub fn credential(outcome: Synced, name: &str, on: &str, old: &[Condition]) -> C
         Synced::Adopted => Check::ok(
             Reason::Adopted,
             format!("adopted the identical credential {name} on {on}"),
+        ),
+        Synced::Shared => Check::ok(
+            Reason::Shared,
+            format!("credential {name} on {on} serves every binding of this ServiceAccount and audience"),
         ),
         Synced::InSync => match conditions::find(old, conditions::CREDENTIAL_SYNCED) {
             Some(c) if c.status == "True" => {
