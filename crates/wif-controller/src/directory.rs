@@ -105,6 +105,8 @@ pub struct Directory {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<Listing>>>>,
     /// The lists behind the locks, readable without them.
     lists: Mutex<HashMap<String, Arc<Mutex<ListState>>>>,
+    /// One lock per pool: placements of a pool are decided one at a time.
+    pools: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Credential names placed on an identity (by its key) and not created yet.
     reservations: Mutex<HashMap<String, Vec<String>>>,
     resolved: Mutex<HashMap<String, (ResolvedIdentity, Instant)>>,
@@ -124,6 +126,7 @@ impl Directory {
         Self {
             locks: Mutex::default(),
             lists: Mutex::default(),
+            pools: Mutex::default(),
             reservations: Mutex::default(),
             resolved: Mutex::default(),
             list_ttl,
@@ -163,6 +166,12 @@ impl Directory {
             credentials: state.credentials.clone(),
             fresh: state.fetched.is_some_and(|at| at.elapsed() < self.list_ttl),
         })
+    }
+
+    /// The lock of pool `name`, held (never across an await) while a placement is decided and
+    /// its slot reserved.
+    pub fn pool_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        lock(&self.pools).entry(name.to_owned()).or_default().clone()
     }
 
     /// Reserves a slot on identity `parent_key` for credential `name` (a pool placement whose

@@ -30,7 +30,7 @@ use crate::{
     context::Context,
     directory::{Listing, ResolvedIdentity},
     naming,
-    plan::Backend,
+    plan::{Backend, Ownership},
     pool::placement::{self, Candidate},
     reasons::Reason,
 };
@@ -121,35 +121,62 @@ async fn pool_of(ctx: &Context, name: &str) -> Result<std::sync::Arc<FederatedId
     Ok(pool)
 }
 
-/// Whether `list` holds this binding's credential (`desired` names it on ARM), or the one it
-/// shares with the bindings of its ServiceAccount and audience (`sharing`).
-fn holds_ours(
-    ctx: &Context,
-    b: &FederatedIdentityBinding,
-    parent: &Parent,
-    desired: &CredentialSpec,
-    list: &[FederatedCredential],
-    sharing: &[std::sync::Arc<FederatedIdentityBinding>],
-) -> bool {
-    let extra: Vec<String> = if parent.backend() == Backend::Arm {
-        vec![desired.name.clone()]
-    } else {
-        Vec::new()
-    };
-    let ours = target::ownership(&ctx.settings, b, parent, &extra);
-    let own = list.iter().any(|c| {
-        ours.owns(c)
-            && (parent.backend() == Backend::Graph
-                || (c.issuer == desired.issuer && c.subject == desired.subject))
-    });
-    own || (!sharing.is_empty()
-        && crate::share::shared(
+/// What tells this binding's credential (or the one it shares) on one identity.
+struct Mine {
+    desired: CredentialSpec,
+    /// Its ownership, with the desired name on ARM (a credential at that name trusting our
+    /// subject is ours even if the status never recorded it).
+    ours: Ownership,
+    /// Its ownership as the plan sees it.
+    owner: Ownership,
+    /// The bindings sharing its ServiceAccount and audience, on this identity.
+    sharers: Vec<crate::share::Sharer>,
+}
+
+impl Mine {
+    fn new(
+        ctx: &Context,
+        b: &FederatedIdentityBinding,
+        parent: &Parent,
+        sharing: &[std::sync::Arc<FederatedIdentityBinding>],
+    ) -> Self {
+        let desired = target::desired(&ctx.settings, b, parent);
+        let extra: Vec<String> = if parent.backend() == Backend::Arm {
+            vec![desired.name.clone()]
+        } else {
+            Vec::new()
+        };
+        Self {
+            ours: target::ownership(&ctx.settings, b, parent, &extra),
+            owner: target::ownership(&ctx.settings, b, parent, &[]),
+            sharers: target::sharers_on(&ctx.settings, sharing, parent),
             desired,
-            list,
-            &ours,
-            &target::sharers_on(&ctx.settings, sharing, parent),
-        )
-        .is_some())
+        }
+    }
+
+    /// Whether `list` holds this binding's credential, or the one it shares.
+    fn held(&self, backend: Backend, list: &[FederatedCredential]) -> bool {
+        let d = &self.desired;
+        list.iter().any(|c| {
+            self.ours.owns(c)
+                && (backend == Backend::Graph || (c.issuer == d.issuer && c.subject == d.subject))
+        }) || (!self.sharers.is_empty() && crate::share::shared(d, list, &self.ours, &self.sharers).is_some())
+    }
+
+    /// Whether a credential that is neither ours nor shared with us trusts our subject.
+    fn subject_taken(&self, list: &[FederatedCredential]) -> bool {
+        let d = &self.desired;
+        list.iter().any(|c| {
+            !self.owner.owns(c)
+                && !self
+                    .sharers
+                    .iter()
+                    .any(|s| s.ownership.owns(c) && d.matches(c, false))
+                && !c.name.eq_ignore_ascii_case(&d.name)
+                && c.issuer == d.issuer
+                && c.subject == d.subject
+        })
+    }
 }
 
 /// The credential name of a binding (its spec's, else the deterministic default).
@@ -286,7 +313,6 @@ async fn keep_recorded(
         .iter()
         .find(|e| same_identity(&p.identity, &e.key()))?;
     let resolved = resolve_entry(ctx, entry).await.ok()?;
-    let desired = target::desired(&ctx.settings, b, &resolved.parent);
     let list = match ctx.directory.peek(&resolved.parent.key()) {
         Some(peeked) if peeked.fresh => peeked.credentials,
         _ => {
@@ -294,8 +320,8 @@ async fn keep_recorded(
             listed(ctx, &mut listing, &resolved.parent).await.ok()?
         }
     };
-    let sharing = target::sharing(ctx, b);
-    holds_ours(ctx, b, &resolved.parent, &desired, &list, &sharing).then(|| Placed {
+    let mine = Mine::new(ctx, b, &resolved.parent, &target::sharing(ctx, b));
+    mine.held(resolved.parent.backend(), &list).then(|| Placed {
         resolved,
         placement: p.clone(),
         capacity: pool.spec.capacity_per_identity as usize,
@@ -336,20 +362,53 @@ async fn survey(ctx: &Context, pool: &FederatedIdentityPool) -> Vec<Option<Resol
     futures::future::join_all(pool.spec.identities.iter().map(one)).await
 }
 
-/// What one identity holds for this binding's placement (`None`: unusable).
+/// What placement needs to know about one identity that does not change with this process's
+/// placements (computed outside the pool's lock).
+struct Prepared {
+    parent_key: String,
+    backend: Backend,
+    mine: Mine,
+    /// A binding of the same ServiceAccount and audience has its placement recorded here.
+    sharer_recorded: bool,
+}
+
+impl Prepared {
+    fn new(
+        ctx: &Context,
+        b: &FederatedIdentityBinding,
+        key: &str,
+        resolved: &ResolvedIdentity,
+        sharing: &[std::sync::Arc<FederatedIdentityBinding>],
+    ) -> Self {
+        let sharer_recorded = sharing.iter().any(|o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.placement.as_ref())
+                .is_some_and(|p| same_identity(&p.identity, key))
+        });
+        Self {
+            parent_key: resolved.parent.key(),
+            backend: resolved.parent.backend(),
+            mine: Mine::new(ctx, b, &resolved.parent, sharing),
+            sharer_recorded,
+        }
+    }
+}
+
+/// Counts identities for one placement: the parts that do not depend on this process's other
+/// placements are prepared outside the pool's lock; [`Count::candidate`] runs under it.
 struct Count<'a> {
     ctx: &'a Context,
-    b: &'a FederatedIdentityBinding,
     elsewhere: std::collections::HashMap<String, Vec<String>>,
     mine: String,
-    /// The bindings of the same ServiceAccount and audience.
-    sharing: Vec<std::sync::Arc<FederatedIdentityBinding>>,
-    /// Their credential names (to find their in-process reservations).
+    /// The credential names of the bindings sharing this one's ServiceAccount and audience (to
+    /// find their in-process reservations).
     sharing_names: Vec<String>,
 }
 
 impl Count<'_> {
-    fn candidate(&self, key: String, resolved: Option<&ResolvedIdentity>) -> Candidate {
+    /// Under the pool's lock: reservations, then the list, then the candidate.
+    fn candidate(&self, key: String, prepared: Option<&Prepared>) -> Candidate {
         let unusable = |key| Candidate {
             key,
             usable: false,
@@ -357,40 +416,22 @@ impl Count<'_> {
             ours: false,
             subject_taken: false,
         };
-        let Some(resolved) = resolved else {
+        let Some(p) = prepared else {
             return unusable(key);
         };
-        let parent_key = resolved.parent.key();
         // Reservations before the list: a create that completes in between is in the list
         // before its reservation is released, so it is counted once either way.
-        let reserved = self.ctx.directory.reserved(&parent_key);
-        let Some(list) = self.ctx.directory.peek(&parent_key).map(|p| p.credentials) else {
+        let reserved = self.ctx.directory.reserved(&p.parent_key);
+        let Some(list) = self.ctx.directory.peek(&p.parent_key).map(|p| p.credentials) else {
             return unusable(key);
         };
-        let (ctx, b) = (self.ctx, self.b);
-        let desired = target::desired(&ctx.settings, b, &resolved.parent);
         // A binding of the same ServiceAccount and audience placed (or being placed) here: the
         // credential is shared, so this binding goes where it is.
-        let sharer_here = self.sharing.iter().any(|o| {
-            o.status
-                .as_ref()
-                .and_then(|s| s.placement.as_ref())
-                .is_some_and(|p| same_identity(&p.identity, &key))
-        }) || reserved
-            .iter()
-            .any(|r| self.sharing_names.iter().any(|n| n.eq_ignore_ascii_case(r)));
-        let ours = sharer_here || holds_ours(ctx, b, &resolved.parent, &desired, &list, &self.sharing);
-        let owner = target::ownership(&ctx.settings, b, &resolved.parent, &[]);
-        let sharers = target::sharers_on(&ctx.settings, &self.sharing, &resolved.parent);
-        let subject_taken = list.iter().any(|c| {
-            !owner.owns(c)
-                && !sharers
-                    .iter()
-                    .any(|s| s.ownership.owns(c) && desired.matches(c, false))
-                && !c.name.eq_ignore_ascii_case(&desired.name)
-                && c.issuer == desired.issuer
-                && c.subject == desired.subject
-        });
+        let sharer_here = p.sharer_recorded
+            || reserved
+                .iter()
+                .any(|r| self.sharing_names.iter().any(|n| n.eq_ignore_ascii_case(r)));
+        let ours = sharer_here || p.mine.held(p.backend, &list);
         let used = u32::try_from(list.len())
             .unwrap_or(u32::MAX)
             .saturating_add(pending(self.elsewhere.get(&key), reserved, &self.mine, &list));
@@ -399,7 +440,7 @@ impl Count<'_> {
             usable: true,
             used,
             ours,
-            subject_taken,
+            subject_taken: p.mine.subject_taken(&list),
         }
     }
 }
@@ -422,23 +463,35 @@ async fn decide(
     let resolved = survey(ctx, pool).await;
     ctx.metrics.waited("pool_survey", surveyed);
     let sharing = target::sharing(ctx, b);
+    let prepared: Vec<Option<Prepared>> = pool
+        .spec
+        .identities
+        .iter()
+        .zip(&resolved)
+        .map(|(entry, r)| {
+            r.as_ref()
+                .map(|r| Prepared::new(ctx, b, &entry.key(), r, &sharing))
+        })
+        .collect();
     let count = Count {
         ctx,
-        b,
         elsewhere: placed_elsewhere(ctx, b, &name),
         mine: credential_name(ctx, b),
         sharing_names: sharing.iter().map(|o| credential_name(ctx, o)).collect(),
-        sharing,
     };
+    // Nothing under the pool's lock awaits: a plain mutex, held for microseconds.
     let started = std::time::Instant::now();
-    let _guard = ctx.directory.lock(&format!("pool/{name}")).await;
+    let pool_lock = ctx.directory.pool_lock(&name);
+    let guard = pool_lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     ctx.metrics.waited("pool_lock", started);
     let candidates: Vec<Candidate> = pool
         .spec
         .identities
         .iter()
-        .zip(&resolved)
-        .map(|(entry, r)| count.candidate(entry.key(), r.as_ref()))
+        .zip(&prepared)
+        .map(|(entry, p)| count.candidate(entry.key(), p.as_ref()))
         .collect();
     let recorded_key = recorded.and_then(|p| {
         pool.spec
@@ -456,6 +509,7 @@ async fn decide(
     };
     let reservation = (chosen.parent.key(), count.mine);
     ctx.directory.reserve(&reservation.0, &reservation.1);
+    drop(guard);
     Ok((chosen, index, decision, reservation))
 }
 
