@@ -129,7 +129,7 @@ pub(super) async fn sync(
         }
     };
     let ours = target::ownership(&ctx.settings, b, parent, &[]);
-    let sharers = target::sharers(ctx, b, parent);
+    let sharers = target::sharers(ctx, b, parent, false);
     if let Some(c) = share::shared(desired, &observed, &ours, &sharers) {
         return Ok((c.clone(), Synced::Shared));
     }
@@ -195,7 +195,7 @@ pub(super) async fn remove_ours(
         .map(|d| vec![d.name.clone()])
         .unwrap_or_default();
     let steps = plan::plan_cleanup(&observed, &target::ownership(&ctx.settings, b, parent, &extra));
-    let sharers = target::sharers(ctx, b, parent);
+    let sharers = target::sharers(ctx, b, parent, true);
     let deletes = keep_shared(ctx, &mut listing, parent, &observed, steps, &sharers, events).await?;
     execute(
         ctx,

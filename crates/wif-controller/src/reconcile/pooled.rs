@@ -320,7 +320,7 @@ async fn keep_recorded(
             listed(ctx, &mut listing, &resolved.parent).await.ok()?
         }
     };
-    let mine = Mine::new(ctx, b, &resolved.parent, &target::sharing(ctx, b));
+    let mine = Mine::new(ctx, b, &resolved.parent, &target::sharing(ctx, b, false));
     mine.held(resolved.parent.backend(), &list).then(|| Placed {
         resolved,
         placement: p.clone(),
@@ -462,7 +462,7 @@ async fn decide(
     let surveyed = std::time::Instant::now();
     let resolved = survey(ctx, pool).await;
     ctx.metrics.waited("pool_survey", surveyed);
-    let sharing = target::sharing(ctx, b);
+    let sharing = target::sharing(ctx, b, false);
     let prepared: Vec<Option<Prepared>> = pool
         .spec
         .identities

@@ -139,9 +139,14 @@ fn audience(settings: &Settings, b: &FederatedIdentityBinding) -> String {
         .unwrap_or_else(|| settings.default_audience.clone())
 }
 
-/// The other bindings of `b`'s ServiceAccount and audience (alive: not being deleted): they
-/// share one credential per identity with `b`.
-pub(super) fn sharing(ctx: &Context, b: &FederatedIdentityBinding) -> Vec<Arc<FederatedIdentityBinding>> {
+/// The other bindings of `b`'s ServiceAccount and audience: they share one credential per
+/// identity with `b`. Those being deleted count for using a credential (theirs exists until
+/// they release it), not for taking one over (`alive_only`).
+pub(super) fn sharing(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    alive_only: bool,
+) -> Vec<Arc<FederatedIdentityBinding>> {
     let (ns, name) = (b.namespace(), b.name_any());
     let wanted = audience(&ctx.settings, b);
     ctx.stores
@@ -152,7 +157,7 @@ pub(super) fn sharing(ctx: &Context, b: &FederatedIdentityBinding) -> Vec<Arc<Fe
             o.namespace() == ns
                 && o.spec.service_account_name == b.spec.service_account_name
                 && o.name_any() != name
-                && o.metadata.deletion_timestamp.is_none()
+                && (!alive_only || o.metadata.deletion_timestamp.is_none())
                 && audience(&ctx.settings, o) == wanted
         })
         .collect()
@@ -175,8 +180,13 @@ pub(super) fn sharers_on(
 }
 
 /// [`sharers_on`] of [`sharing`].
-pub(super) fn sharers(ctx: &Context, b: &FederatedIdentityBinding, parent: &Parent) -> Vec<Sharer> {
-    sharers_on(&ctx.settings, &sharing(ctx, b), parent)
+pub(super) fn sharers(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    parent: &Parent,
+    alive_only: bool,
+) -> Vec<Sharer> {
+    sharers_on(&ctx.settings, &sharing(ctx, b, alive_only), parent)
 }
 
 /// The credential a binding wants on `parent`.
