@@ -229,6 +229,39 @@ where
     writer.as_reader()
 }
 
+/// Graph and ARM clients against the emulator, authenticated by tokens its admin API mints.
+fn azure(emulator: &Handle, admin: AdminClient) -> Azure {
+    let http = crate::azure::http_client(
+        &[("emulator".into(), emulator.ca_pem().as_bytes().to_vec())],
+        Duration::from_secs(5),
+    )
+    .expect("an HTTP client");
+    let retry = RetryConfig {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    let azure_http = Arc::new(AzureHttp::new(
+        http,
+        Arc::new(Minted(admin)),
+        retry,
+        Duration::from_secs(5),
+        None,
+    ));
+    Azure {
+        graph: GraphClient::new(
+            azure_http.clone(),
+            &emulator.graph_url(),
+            "https://graph.microsoft.com/.default",
+        ),
+        arm: ArmClient::new(
+            azure_http,
+            &emulator.arm_url(),
+            "https://management.azure.com/.default",
+        ),
+    }
+}
+
 impl Harness {
     /// Starts the emulator (seeded with the controller's app, `APP` and `world.credentials` on
     /// it) and the mocked API server holding `binding`.
@@ -243,35 +276,7 @@ impl Harness {
             .seed(&seed(world.credentials, world.credentials2))
             .await
             .expect("seeded");
-        let http = crate::azure::http_client(
-            &[("emulator".into(), emulator.ca_pem().as_bytes().to_vec())],
-            Duration::from_secs(5),
-        )
-        .expect("an HTTP client");
-        let retry = RetryConfig {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-        };
-        let azure_http = Arc::new(AzureHttp::new(
-            http,
-            Arc::new(Minted(admin)),
-            retry,
-            Duration::from_secs(5),
-            None,
-        ));
-        let azure = Azure {
-            graph: GraphClient::new(
-                azure_http.clone(),
-                &emulator.graph_url(),
-                "https://graph.microsoft.com/.default",
-            ),
-            arm: ArmClient::new(
-                azure_http,
-                &emulator.arm_url(),
-                "https://management.azure.com/.default",
-            ),
-        };
+        let azure = azure(&emulator, admin);
 
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
