@@ -271,6 +271,16 @@ async fn main() {
     let reads = azure_requests(&converged, &["GET"], None);
     let rss_converged = rss_kib(pid, "VmRSS:");
     let load_at_convergence = loadavg();
+    // Where the reconciles waited until convergence (seconds summed over concurrent reconciles).
+    let waited: serde_json::Map<String, Value> =
+        ["pool_lock", "pool_survey", "identity_lock", "status_write"]
+            .iter()
+            .map(|on| {
+                let s = metric_sum(&converged, "wif_controller_waited_seconds_total", &[("on", on)]);
+                ((*on).to_owned(), json!((s * 10.0).round() / 10.0))
+            })
+            .collect();
+    eprintln!("bench: waited (s, summed over reconciles) {waited:?}");
     eprintln!(
         "bench: all Ready after {ready_after:?}; {writes} writes ({write_attempts} attempts), {reads} reads; steady state for {} s",
         args.steady_seconds
@@ -318,6 +328,7 @@ async fn main() {
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "loadAverage": {"atControllerStart": load_at_start, "atConvergence": load_at_convergence, "atEnd": loadavg()},
         "secondsUntilAllReady": seconds,
+        "waitedSecondsUntilAllReady": waited,
         "writesPerBinding": writes_per_binding,
         "writeAttemptsPerBinding": write_attempts / args.bindings as f64,
         "readsPerBindingToConverge": reads / args.bindings as f64,

@@ -303,7 +303,15 @@ impl ControllerProcess {
         ];
         let mut cmd = std::process::Command::new(wif_bin());
         cmd.arg("controller");
-        for (flag, value) in &flags {
+        // A namespace selector replaces the one watched namespace (the flags conflict).
+        let selector = opts
+            .overrides
+            .iter()
+            .any(|(f, _)| *f == "--watch-namespace-selector");
+        for (flag, value) in flags
+            .iter()
+            .filter(|(f, _)| !(selector && *f == "--watch-namespace"))
+        {
             let value = opts
                 .overrides
                 .iter()

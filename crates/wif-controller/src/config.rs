@@ -101,6 +101,8 @@ pub struct ControllerConfig {
     pub default_audience: Option<String>,
     /// Watch bindings of this namespace only (default: all namespaces).
     pub watch_namespace: Option<String>,
+    /// Watch bindings only in namespaces whose labels match this selector.
+    pub watch_namespace_selector: Option<String>,
     /// Periodic resync (drift correction) interval.
     pub resync_interval: Duration,
     /// Random spread added to each binding's resync.
@@ -133,6 +135,7 @@ impl ControllerConfig {
             cluster_id: None,
             default_audience: None,
             watch_namespace: None,
+            watch_namespace_selector: None,
             resync_interval: Duration::from_secs(600),
             resync_jitter: Duration::from_secs(5),
             concurrency: 32,

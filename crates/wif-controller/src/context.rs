@@ -45,6 +45,9 @@ pub struct Settings {
     pub resync_jitter: Duration,
     /// Credentials per identity.
     pub max_credentials: usize,
+    /// Only namespaces matching this label selector are reconciled (the namespace cache holds
+    /// just those).
+    pub namespace_selector: Option<String>,
     /// Read-back after writes.
     pub readback: ReadBackConfig,
 }
@@ -80,6 +83,12 @@ impl Stores {
             .get(&ObjectRef::new(namespace))
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether a binding of `namespace` is ours to reconcile: always, unless a namespace
+    /// selector is set and the namespace (cached only when selected) does not match it.
+    pub fn namespace_selected(&self, settings: &Settings, namespace: &str) -> bool {
+        settings.namespace_selector.is_none() || self.namespaces.get(&ObjectRef::new(namespace)).is_some()
     }
 
     /// A ServiceAccount from the cache.

@@ -49,6 +49,8 @@ pub struct Shared {
     pub exchange: Option<ExchangeConfig>,
     /// Watch only this namespace.
     pub watch_namespace: Option<String>,
+    /// Watch only namespaces matching this label selector.
+    pub namespace_selector: Option<String>,
     /// Parallel reconciles.
     pub concurrency: u16,
     /// Backoff bounds.
@@ -77,25 +79,40 @@ fn objects<K: Clone + Send + 'static>(
         .try_flatten()
 }
 
+/// What a term watches: the bindings and ServiceAccounts (one namespace, or all), and the
+/// namespaces (the watched one, those matching the selector, or all).
+fn scope(
+    shared: &Shared,
+) -> (
+    Api<FederatedIdentityBinding>,
+    Api<PartialObjectMeta<ServiceAccount>>,
+    watcher::Config,
+) {
+    let client = &shared.client;
+    match (&shared.watch_namespace, &shared.namespace_selector) {
+        (Some(ns), _) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        ),
+        (None, Some(selector)) => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            watcher::Config::default().labels(selector),
+        ),
+        (None, None) => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    }
+}
+
 /// Runs the controller until `stop` (end of the leadership term or shutdown), then lets the
 /// reconciles in flight finish.
 pub async fn run_term(shared: &Shared, leadership: Leadership, stop: CancellationToken) {
     let client = shared.client.clone();
-    let (bindings_api, sa_api): (
-        Api<FederatedIdentityBinding>,
-        Api<PartialObjectMeta<ServiceAccount>>,
-    ) = match &shared.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let ns_config = match &shared.watch_namespace {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
-
+    let (bindings_api, sa_api, ns_config) = scope(shared);
     let (policies, policy_writer) = reflector::store();
     let policy_events = watcher(
         Api::<FederatedIdentityPolicy>::all(client.clone()),
@@ -117,18 +134,10 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         .default_backoff()
         .modify(crate::service_account::keep_own_managed_fields)
         .reflect(sa_writer);
-
     let pools = Controller::new(
         Api::<FederatedIdentityPool>::all(client.clone()),
         watcher::Config::default(),
     );
-    let pool_store = pools.store();
-    let pool_events = watcher(
-        Api::<FederatedIdentityPool>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff();
-
     // Cached without managedFields: nothing reads them, and at 10,000 bindings their decoded
     // JSON trees were most of the controller's memory.
     let (bindings, binding_writer) = reflector::store();
@@ -140,23 +149,17 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     let controller = Controller::for_stream(binding_events, bindings.clone());
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
     let stores = Stores {
-        bindings: bindings.clone(),
+        bindings,
         policies,
-        pools: pool_store,
+        pools: pools.store(),
         namespaces,
         service_accounts,
     };
     mark_synced_when_ready(stores.clone(), shared.synced.clone());
-
     let ctx = context(shared, client, stores, leadership);
-
-    let by_pool = {
-        let store = bindings.clone();
-        move |pool: FederatedIdentityPool| crate::pool::waiting_bindings(&store.state(), &pool)
-    };
-
     tracing::info!(
         namespace = shared.watch_namespace.as_deref().unwrap_or("*"),
+        selector = shared.namespace_selector.as_deref().unwrap_or(""),
         "controller running"
     );
     let pool_run = pools
@@ -164,12 +167,53 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(crate::pool::reconcile, crate::pool::error_policy, ctx.clone())
         .for_each(|_| async {});
-    let binding_run = controller
-        .watches_stream(objects(sa_events), by_service_account(bindings.clone()))
-        .watches_stream(objects(policy_events), every_binding(bindings.clone()))
-        .watches_stream(objects(ns_events), by_namespace(bindings))
+    let triggers = Triggers {
+        service_accounts: objects(sa_events),
+        policies: objects(policy_events),
+        namespaces: objects(ns_events),
+    };
+    let binding_run = run_bindings(controller, triggers, shared.concurrency, ctx, stop);
+    futures::join!(binding_run, pool_run);
+    shared.synced.store(false, Ordering::Release);
+    tracing::info!("controller stopped");
+}
+
+/// The watch streams that wake bindings besides their own.
+struct Triggers<S, P, N> {
+    service_accounts: S,
+    policies: P,
+    namespaces: N,
+}
+
+/// The binding Controller with its triggers (ServiceAccounts, policies, namespaces, pools),
+/// until `stop`.
+async fn run_bindings<S, P, N>(
+    controller: Controller<FederatedIdentityBinding>,
+    triggers: Triggers<S, P, N>,
+    concurrency: u16,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) where
+    S: Stream<Item = Result<PartialObjectMeta<ServiceAccount>, watcher::Error>> + Send + 'static,
+    P: Stream<Item = Result<FederatedIdentityPolicy, watcher::Error>> + Send + 'static,
+    N: Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
+{
+    let bindings = ctx.stores.bindings.clone();
+    let pool_events = watcher(
+        Api::<FederatedIdentityPool>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let by_pool = {
+        let store = bindings.clone();
+        move |pool: FederatedIdentityPool| crate::pool::waiting_bindings(&store.state(), &pool)
+    };
+    controller
+        .watches_stream(triggers.service_accounts, by_service_account(bindings.clone()))
+        .watches_stream(triggers.policies, every_binding(bindings.clone()))
+        .watches_stream(triggers.namespaces, by_namespace(bindings))
         .watches_stream(objects(pool_events), by_pool)
-        .with_config(controller::Config::default().concurrency(shared.concurrency))
+        .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -179,10 +223,8 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
                 Err(controller::Error::ReconcilerFailed(_, _)) => {} // logged by error_policy
                 Err(error) => tracing::warn!(%error, "controller error"),
             }
-        });
-    futures::join!(binding_run, pool_run);
-    shared.synced.store(false, Ordering::Release);
-    tracing::info!("controller stopped");
+        })
+        .await;
 }
 
 /// Marks the term's caches synced (for `/readyz`) once the bindings and the stores their

@@ -18,48 +18,74 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::azure::{FederatedCredential, Parent};
 
-/// The cached credential list of one identity.
+/// The last credential list of one identity and when it was fetched.
 #[derive(Debug, Default)]
-pub struct Listing {
+struct ListState {
     credentials: Vec<FederatedCredential>,
     fetched: Option<Instant>,
+    /// Whether it was ever listed (an invalidated list is still the best count we have).
+    listed: bool,
+}
+
+/// The cached credential list of one identity, edited under the identity's lock. The same list
+/// can be read without the lock ([`Directory::peek`]): every write of this controller goes
+/// through it, so it stays current while a write is in flight.
+#[derive(Debug, Default)]
+pub struct Listing {
+    state: Arc<Mutex<ListState>>,
 }
 
 impl Listing {
     /// The cached list, if fetched less than `ttl` ago.
-    pub fn fresh(&self, ttl: Duration) -> Option<&[FederatedCredential]> {
-        self.fetched
+    pub fn fresh(&self, ttl: Duration) -> Option<Vec<FederatedCredential>> {
+        let state = lock(&self.state);
+        state
+            .fetched
             .filter(|at| at.elapsed() < ttl)
-            .map(|_| self.credentials.as_slice())
+            .map(|_| state.credentials.clone())
     }
 
     /// Stores a freshly fetched list.
     pub fn set(&mut self, credentials: Vec<FederatedCredential>) {
-        self.credentials = credentials;
-        self.fetched = Some(Instant::now());
+        let mut state = lock(&self.state);
+        state.credentials = credentials;
+        state.fetched = Some(Instant::now());
+        state.listed = true;
     }
 
     /// Forgets the list (after a surprise: the next binding lists again).
     pub(crate) fn invalidate(&mut self) {
-        self.fetched = None;
+        lock(&self.state).fetched = None;
     }
 
     /// Records a credential we created or updated.
     pub fn upsert(&mut self, credential: FederatedCredential) {
-        match self
+        let mut state = lock(&self.state);
+        match state
             .credentials
             .iter_mut()
             .find(|c| c.name.eq_ignore_ascii_case(&credential.name))
         {
             Some(existing) => *existing = credential,
-            None => self.credentials.push(credential),
+            None => state.credentials.push(credential),
         }
     }
 
     /// Records a credential we deleted.
     pub fn remove(&mut self, name: &str) {
-        self.credentials.retain(|c| !c.name.eq_ignore_ascii_case(name));
+        lock(&self.state)
+            .credentials
+            .retain(|c| !c.name.eq_ignore_ascii_case(name));
     }
+}
+
+/// A list read without the identity's lock.
+#[derive(Clone, Debug)]
+pub struct Peeked {
+    /// The credentials.
+    pub credentials: Vec<FederatedCredential>,
+    /// Whether it was fetched less than the list TTL ago (and not invalidated since).
+    pub fresh: bool,
 }
 
 /// What a binding's identity resolved to.
@@ -77,6 +103,10 @@ pub struct ResolvedIdentity {
 #[derive(Debug)]
 pub struct Directory {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<Listing>>>>,
+    /// The lists behind the locks, readable without them.
+    lists: Mutex<HashMap<String, Arc<Mutex<ListState>>>>,
+    /// One lock per pool: placements of a pool are decided one at a time.
+    pools: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Credential names placed on an identity (by its key) and not created yet.
     reservations: Mutex<HashMap<String, Vec<String>>>,
     resolved: Mutex<HashMap<String, (ResolvedIdentity, Instant)>>,
@@ -95,6 +125,8 @@ impl Directory {
     pub fn new(list_ttl: Duration, resolve_ttl: Duration) -> Self {
         Self {
             locks: Mutex::default(),
+            lists: Mutex::default(),
+            pools: Mutex::default(),
             reservations: Mutex::default(),
             resolved: Mutex::default(),
             list_ttl,
@@ -105,11 +137,41 @@ impl Directory {
     /// Waits for the identity's lock; while it is held, nobody else in this controller reads or
     /// writes the identity's credentials.
     pub async fn lock(&self, parent_key: &str) -> OwnedMutexGuard<Listing> {
-        let entry = lock(&self.locks)
-            .entry(parent_key.to_owned())
-            .or_default()
-            .clone();
-        entry.lock_owned().await
+        self.entry(parent_key).lock_owned().await
+    }
+
+    /// The identity's lock if nobody holds it.
+    pub fn try_lock(&self, parent_key: &str) -> Option<OwnedMutexGuard<Listing>> {
+        self.entry(parent_key).try_lock_owned().ok()
+    }
+
+    fn entry(&self, parent_key: &str) -> Arc<AsyncMutex<Listing>> {
+        let mut locks = lock(&self.locks);
+        if let Some(entry) = locks.get(parent_key) {
+            return entry.clone();
+        }
+        let state = Arc::new(Mutex::new(ListState::default()));
+        lock(&self.lists).insert(parent_key.to_owned(), state.clone());
+        let entry = Arc::new(AsyncMutex::new(Listing { state }));
+        locks.insert(parent_key.to_owned(), entry.clone());
+        entry
+    }
+
+    /// The identity's last list without waiting for its lock (a write in flight keeps it
+    /// current); `None` if it was never listed.
+    pub fn peek(&self, parent_key: &str) -> Option<Peeked> {
+        let state = lock(&self.lists).get(parent_key)?.clone();
+        let state = lock(&state);
+        state.listed.then(|| Peeked {
+            credentials: state.credentials.clone(),
+            fresh: state.fetched.is_some_and(|at| at.elapsed() < self.list_ttl),
+        })
+    }
+
+    /// The lock of pool `name`, held (never across an await) while a placement is decided and
+    /// its slot reserved.
+    pub fn pool_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        lock(&self.pools).entry(name.to_owned()).or_default().clone()
     }
 
     /// Reserves a slot on identity `parent_key` for credential `name` (a pool placement whose
@@ -212,13 +274,13 @@ mod tests {
         let mut l = Listing::default();
         assert!(l.fresh(Duration::from_secs(10)).is_none());
         l.set(vec![fic("a")]);
-        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(1));
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(|l| l.len()), Some(1));
         assert!(l.fresh(Duration::ZERO).is_none());
         l.upsert(fic("B"));
         l.upsert(fic("b"));
-        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(2));
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(|l| l.len()), Some(2));
         l.remove("A");
-        assert_eq!(l.fresh(Duration::from_secs(10)).map(<[_]>::len), Some(1));
+        assert_eq!(l.fresh(Duration::from_secs(10)).map(|l| l.len()), Some(1));
         l.invalidate();
         assert!(l.fresh(Duration::from_secs(10)).is_none());
     }
@@ -258,6 +320,29 @@ mod tests {
         dir.release("a", "x");
         assert!(dir.reserved("a").is_empty());
         assert_eq!(dir.reserved("b"), ["y"]);
+    }
+
+    #[tokio::test]
+    async fn lists_are_peeked_without_the_lock() {
+        let dir = Directory::new(Duration::from_secs(10), Duration::from_secs(1));
+        assert!(dir.peek("k").is_none());
+        let mut guard = dir.lock("k").await;
+        assert!(dir.peek("k").is_none(), "never listed");
+        guard.set(vec![fic("a")]);
+        guard.upsert(fic("b"));
+        // Held by a writer, still readable, and current with its writes.
+        let p = dir.peek("k").unwrap();
+        assert!(p.fresh);
+        assert_eq!(p.credentials.len(), 2);
+        assert!(dir.try_lock("k").is_none());
+        guard.invalidate();
+        let p = dir.peek("k").unwrap();
+        assert!(
+            !p.fresh && p.credentials.len() == 2,
+            "an invalidated list still counts"
+        );
+        drop(guard);
+        assert!(dir.try_lock("k").is_some());
     }
 
     #[tokio::test]

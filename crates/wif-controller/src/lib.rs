@@ -31,6 +31,7 @@ pub mod propagation;
 mod reasons;
 mod reconcile;
 mod service_account;
+pub mod share;
 mod startup;
 pub mod unmutated;
 
@@ -66,6 +67,13 @@ fn validate(cfg: &ControllerConfig) -> Result<()> {
         return fail(format!(
             "--cluster-id {id:?} must be 1-64 letters, digits, '-', '_', '.' or ':'"
         ));
+    }
+    if cfg
+        .watch_namespace_selector
+        .as_deref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
+        return fail("--watch-namespace-selector must not be empty".into());
     }
     if cfg.resync_interval < Duration::from_secs(1) {
         return fail("--resync-interval must be at least 1s".into());

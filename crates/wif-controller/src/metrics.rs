@@ -1,7 +1,7 @@
 //! Prometheus metrics of the controller. Every label is a bounded enum or an HTTP status code,
 //! never an object name or an error message.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -36,6 +36,14 @@ pub struct IdentityLabels {
     pub identity: String,
 }
 
+/// Labels of the time spent waiting, by what was waited on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabels {
+    /// `pool_lock`, `identity_lock`, `pool_survey` (resolving and listing a pool's identities
+    /// under its lock) or `status_write`.
+    pub on: &'static str,
+}
+
 /// The controller's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,6 +65,8 @@ pub struct Metrics {
     pub identity_credentials: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
     /// Credentials a pool lets wif place on each of its identities (0 when unusable).
     pub identity_capacity: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
+    /// Seconds reconciles spent waiting, by what they waited on.
+    pub waited: Family<WaitLabels, Counter<f64, AtomicU64>>,
 }
 
 fn method_label(method: &str) -> &'static str {
@@ -85,6 +95,7 @@ impl Metrics {
             verifications: Family::default(),
             identity_credentials: Family::default(),
             identity_capacity: Family::default(),
+            waited: Family::default(),
         };
         registry.register(
             "wif_identity_credentials",
@@ -132,7 +143,19 @@ impl Metrics {
             "Token exchanges made to verify that a credential is honoured, by result",
             m.verifications.clone(),
         );
+        r.register(
+            "waited_seconds",
+            "Seconds reconciles spent waiting on pool locks, identity locks, pool surveys and status writes",
+            m.waited.clone(),
+        );
         m
+    }
+
+    /// Adds the time since `since` to what was waited on `on`.
+    pub fn waited(&self, on: &'static str, since: std::time::Instant) {
+        self.waited
+            .get_or_create(&WaitLabels { on })
+            .inc_by(since.elapsed().as_secs_f64());
     }
 
     /// Counts one Graph or ARM request.
@@ -177,6 +200,13 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("wif_controller_leader 1"), "{out}");
+        m.waited("pool_lock", std::time::Instant::now());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(r#"wif_controller_waited_seconds_total{on="pool_lock"}"#),
+            "{out}"
+        );
         m.identity_credentials
             .get_or_create(&IdentityLabels { identity: "a".into() })
             .set(7);

@@ -73,6 +73,8 @@ reasons! {
     Adopted,
     /// The credential already matched the spec.
     InSync,
+    /// One credential serves the bindings of one ServiceAccount and audience.
+    Shared,
     /// Another credential holds the name, or the issuer and subject.
     Conflict,
     /// The identity holds the maximum number of credentials.
@@ -120,6 +122,9 @@ reasons! {
     CredentialAdopted,
     /// Event: a credential of ours was deleted.
     CredentialDeleted,
+    /// Event: a credential of a binding that went is kept for another binding of the same
+    /// ServiceAccount and audience.
+    CredentialKept,
     /// Event: the credential of a binding no longer permitted was deleted.
     CredentialRevoked,
     /// Event: the credential was left in place (deletionPolicy Orphan).

@@ -227,6 +227,7 @@ pub(crate) fn shared(
             resync_interval: cfg.resync_interval,
             resync_jitter: cfg.resync_jitter,
             max_credentials: cfg.max_credentials_per_identity,
+            namespace_selector: cfg.watch_namespace_selector.clone(),
             readback: ReadBackConfig {
                 count: cfg.propagation.readback_count,
                 interval: cfg.propagation.readback_interval,
@@ -239,6 +240,7 @@ pub(crate) fn shared(
             timeout: cfg.azure.request_timeout,
         }),
         watch_namespace: cfg.watch_namespace.clone(),
+        namespace_selector: cfg.watch_namespace_selector.clone(),
         concurrency: cfg.concurrency,
         backoff: (cfg.backoff_base, cfg.backoff_max),
         bindings: progress.bindings.clone(),

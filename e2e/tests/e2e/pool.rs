@@ -2,9 +2,9 @@
 //! bindings naming a `FederatedIdentityPool` placed over its identities, past Entra's
 //! 20-credentials-per-identity ceiling.
 //!
-//! The controller of these tests watches one namespace (the control plane is shared with the
-//! other tests), so the bindings live in one namespace, each with its own ServiceAccount (its
-//! own subject), which is what placement counts.
+//! The control plane is shared with the other tests: the controller of the fill test watches
+//! the namespaces labelled `wif-e2e-pool=<its namespace>` (`--watch-namespace-selector`), one
+//! binding in each of 55 of them; the others watch their one namespace.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -33,6 +33,8 @@ const POOL_A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
 const POOL_B: &str = "0a1b2c3d-0000-4000-8000-00000000000b";
 const POOL_C: &str = "0a1b2c3d-0000-4000-8000-00000000000c";
 const T: Duration = Duration::from_secs(120);
+/// The label of every namespace of one test (the policy's and the fill test's selector).
+const POOL_LABEL: &str = "wif-e2e-pool";
 
 fn tenant() -> Value {
     json!({"applications": [
@@ -68,7 +70,7 @@ impl PoolGuard {
             "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPolicy",
             "metadata": {"name": name},
             "spec": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+                "namespaceSelector": {"matchLabels": {POOL_LABEL: ns.name}},
                 "pools": [name],
             }
         }))
@@ -125,8 +127,18 @@ struct World {
     pool: PoolGuard,
 }
 
+/// Labels `ns` as one of the namespaces of the test whose main namespace is `main`.
+async fn label(ns: &TestNs, main: &str) {
+    let patch = json!({"metadata": {"labels": {POOL_LABEL: main}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("label namespace");
+}
+
 async fn world(prefix: &str, apps: &[&str], capacity: u32) -> World {
     let ns = TestNs::new(prefix).await;
+    label(&ns, &ns.name).await;
     let env = ControllerEnv::start(&ns, tenant(), json!({})).await;
     let pool = PoolGuard::create(&ns, apps, capacity).await;
     World { ns, env, pool }
@@ -139,12 +151,37 @@ impl World {
 
     /// ServiceAccount and binding `name` (same name), naming the pool.
     async fn bind(&self, name: &str) {
-        self.ns.service_account(name, &[]).await;
+        self.bind_in(&self.ns, name).await;
+    }
+
+    /// [`Self::bind`] in namespace `ns`.
+    async fn bind_in(&self, ns: &TestNs, name: &str) {
+        ns.service_account(name, &[]).await;
         let b = binding(name, name, json!({"pool": {"name": self.pool.name}}), json!({}));
-        self.bindings()
+        ns.api::<FederatedIdentityBinding>()
             .create(&PostParams::default(), &b)
             .await
             .expect("create binding");
+    }
+
+    /// Bindings `name` in each of `namespaces`, once all are Ready.
+    async fn all_ready_in(&self, namespaces: &[TestNs], name: &str) -> Vec<FederatedIdentityBinding> {
+        let wanted: BTreeSet<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+        let all = Api::<FederatedIdentityBinding>::all(self.ns.client.clone());
+        eventually(&format!("{} bindings Ready", wanted.len()), T, || async {
+            let list = all.list(&Default::default()).await.ok()?;
+            let ready: Vec<FederatedIdentityBinding> = list
+                .items
+                .into_iter()
+                .filter(|b| {
+                    b.name_any() == name
+                        && wanted.contains(b.namespace().unwrap_or_default().as_str())
+                        && is_ready(b)
+                })
+                .collect();
+            (ready.len() == wanted.len()).then_some(ready)
+        })
+        .await
     }
 
     async fn all_ready(&self, names: &[String]) -> Vec<FederatedIdentityBinding> {
@@ -172,7 +209,12 @@ impl World {
     /// A ServiceAccount token of `sa` exchanged at the emulator for `client_id`; the access
     /// token's `appid`, or the error.
     async fn exchange(&self, sa: &str, client_id: &str) -> Result<String, String> {
-        let assertion = service_account_token(&self.ns, sa, Duration::from_secs(3600)).await;
+        self.exchange_in(&self.ns, sa, client_id).await
+    }
+
+    /// [`Self::exchange`] for a ServiceAccount of namespace `ns`.
+    async fn exchange_in(&self, ns: &TestNs, sa: &str, client_id: &str) -> Result<String, String> {
+        let assertion = service_account_token(ns, sa, Duration::from_secs(3600)).await;
         let http = self.env.entra.http_client().map_err(|e| e.to_string())?;
         let response = http
             .post(self.env.entra.token_endpoint(TENANT))
@@ -199,8 +241,11 @@ impl World {
     }
 
     async fn client_id_annotation(&self, sa: &str) -> Option<String> {
-        self.ns
-            .api::<ServiceAccount>()
+        Self::client_id_annotation_in(&self.ns, sa).await
+    }
+
+    async fn client_id_annotation_in(ns: &TestNs, sa: &str) -> Option<String> {
+        ns.api::<ServiceAccount>()
             .get(sa)
             .await
             .ok()?
@@ -230,16 +275,28 @@ fn assert_capacity(usage: &BTreeMap<&str, Vec<Value>>, capacity: usize) {
 #[ignore = "needs the control plane"]
 async fn a_pool_of_three_holds_sixty_bindings_and_the_sixty_first_waits_for_a_slot() {
     let w = world("pool-fill", &[POOL_A, POOL_B, POOL_C], 20).await;
+    // 55 namespaces, one binding each, all watched through the label selector.
+    let mut namespaces = Vec::with_capacity(55);
+    for i in 0..55 {
+        let ns = TestNs::new(&format!("pool-fill{i:02}")).await;
+        label(&ns, &w.ns.name).await;
+        namespaces.push(ns);
+    }
     let opts = ControllerOptions {
-        overrides: vec![("--concurrency", "16".into())],
+        overrides: vec![
+            ("--concurrency", "16".into()),
+            (
+                "--watch-namespace-selector",
+                format!("{POOL_LABEL}={}", w.ns.name),
+            ),
+        ],
         ..ControllerOptions::default()
     };
     let ctl = ControllerProcess::start(&w.ns, &w.env, &opts).await;
-    let first = names("b", 0..55);
-    for n in &first {
-        w.bind(n).await;
+    for ns in &namespaces {
+        w.bind_in(ns, "b").await;
     }
-    let ready = w.all_ready(&first).await;
+    let ready = w.all_ready_in(&namespaces, "b").await;
     let usage = w.usage().await;
     assert_capacity(&usage, 20);
     assert_eq!(usage.values().map(Vec::len).sum::<usize>(), 55, "{usage:?}");
@@ -248,12 +305,20 @@ async fn a_pool_of_three_holds_sixty_bindings_and_the_sixty_first_waits_for_a_sl
         let status = b.status.as_ref().unwrap();
         let client_id = status.client_id.clone().unwrap();
         assert_eq!(status.placement.as_ref().unwrap().identity, client_id);
+        let ns = namespaces
+            .iter()
+            .find(|n| Some(&n.name) == b.namespace().as_ref())
+            .unwrap();
         let sa = &b.spec.service_account_name;
         assert_eq!(
-            w.client_id_annotation(sa).await.as_deref(),
+            World::client_id_annotation_in(ns, sa).await.as_deref(),
             Some(client_id.as_str())
         );
-        assert_eq!(w.exchange(sa, &client_id).await.unwrap(), client_id, "{sa}");
+        assert_eq!(
+            w.exchange_in(ns, sa, &client_id).await.unwrap(),
+            client_id,
+            "{sa}"
+        );
     }
 
     // Up to 60, then the 61st does not fit.
@@ -282,8 +347,9 @@ async fn a_pool_of_three_holds_sixty_bindings_and_the_sixty_first_waits_for_a_sl
     .await;
 
     // A slot frees: the 61st is placed.
-    w.bindings()
-        .delete("b00", &DeleteParams::default())
+    namespaces[0]
+        .api::<FederatedIdentityBinding>()
+        .delete("b", &DeleteParams::default())
         .await
         .unwrap();
     let placed = w.all_ready(&["overflow".to_owned()]).await;
@@ -435,4 +501,65 @@ async fn an_identity_removed_from_the_pool_moves_its_bindings_without_a_failed_e
         assert_eq!(w.exchange(sa, &client_id).await.unwrap(), client_id);
     }
     assert_capacity(&w.usage().await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane"]
+async fn two_bindings_of_one_service_account_share_one_credential_until_the_last_goes() {
+    let w = world("pool-share", &[POOL_A, POOL_B], 20).await;
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &ControllerOptions::default()).await;
+    w.ns.service_account("shared", &[]).await;
+    for name in ["first", "second"] {
+        let b = binding(name, "shared", json!({"pool": {"name": w.pool.name}}), json!({}));
+        w.bindings()
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("create binding");
+    }
+    let both = ["first".to_owned(), "second".to_owned()];
+    let ready = w.all_ready(&both).await;
+    let ids: BTreeSet<String> = ready
+        .iter()
+        .map(|b| b.status.as_ref().unwrap().client_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "both on one identity: {ids:?}");
+    let client_id = ids.into_iter().next().unwrap();
+    let usage = w.usage().await;
+    assert_eq!(
+        usage.values().map(Vec::len).sum::<usize>(),
+        1,
+        "one credential for both: {usage:?}\n{}",
+        ctl.logs()
+    );
+    assert_eq!(w.exchange("shared", &client_id).await.unwrap(), client_id);
+
+    // The binding that created it goes: the credential stays for the other one.
+    let creator = usage.values().flatten().next().unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (gone, stays) = if creator == naming::default_credential_name(&cluster_id(&w.ns), &w.ns.name, "first")
+    {
+        ("first", "second")
+    } else {
+        ("second", "first")
+    };
+    w.bindings().delete(gone, &DeleteParams::default()).await.unwrap();
+    eventually("the binding that went is gone", T, || async {
+        w.bindings().get_opt(gone).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(w.usage().await.values().map(Vec::len).sum::<usize>(), 1, "kept");
+    assert_eq!(w.exchange("shared", &client_id).await.unwrap(), client_id);
+    w.all_ready(&[stays.to_owned()]).await;
+
+    // The last one goes: deleted.
+    w.bindings()
+        .delete(stays, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("no credential left", T, || async {
+        (w.usage().await.values().map(Vec::len).sum::<usize>() == 0).then_some(())
+    })
+    .await;
 }

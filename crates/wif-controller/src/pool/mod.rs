@@ -26,7 +26,7 @@ use crate::{
     metrics::IdentityLabels,
     naming,
     reasons::Reason,
-    reconcile::pooled::{listed, resolve_entry},
+    reconcile::pooled::{current_list, resolve_entry},
 };
 
 /// How often a pool's usage is re-counted when nothing triggers it.
@@ -99,8 +99,10 @@ fn became_true(old: &[Condition], new: &[Condition], kind: &str) -> bool {
     is_true(new) && !is_true(old)
 }
 
-/// The bindings a change of `pool` should wake: those naming it that are not `Ready` (a
-/// `PoolFull` binding is placed as soon as a slot frees) or whose identity left the pool.
+/// The bindings a change of `pool` should wake: those naming it that wait for the pool (`Ready`
+/// false because of it: a `PoolFull` binding is placed as soon as a slot frees) or whose identity
+/// left the pool. Bindings busy with their credential are not woken (they retry on their own):
+/// while a pool fills, its status changes every few seconds.
 pub fn waiting_bindings(
     bindings: &[Arc<wif_api::FederatedIdentityBinding>],
     pool: &FederatedIdentityPool,
@@ -117,17 +119,21 @@ pub fn waiting_bindings(
         .filter(|b| b.spec.identity.pool.as_ref().is_some_and(|p| p.name == name))
         .filter(|b| {
             let status = b.status.as_ref();
-            let ready = status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            let waits = status.is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.status != "True"
+                        && [Reason::PoolFull, Reason::PoolNotFound, Reason::InvalidPool]
+                            .iter()
+                            .any(|r| r.as_str() == c.reason)
+                })
             });
             let left = status.and_then(|s| s.placement.as_ref()).is_some_and(|p| {
                 !keys
                     .iter()
                     .any(|k| crate::reconcile::pooled::same_identity(&p.identity, k))
             });
-            !ready || left
+            waits || left
         })
         .map(|b| kube::runtime::reflector::ObjectRef::from_obj(b.as_ref()))
         .collect()
@@ -135,37 +141,10 @@ pub fn waiting_bindings(
 
 /// kube-runtime's reconcile of a pool: count, publish, requeue.
 pub async fn reconcile(pool: Arc<FederatedIdentityPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = pool.name_any();
     let capacity = pool.spec.capacity_per_identity;
-    let problems = validate_pool(&pool.spec);
     let mut identities = Vec::with_capacity(pool.spec.identities.len());
     for entry in &pool.spec.identities {
-        let mut status = PoolIdentityStatus {
-            identity: entry.id().to_owned(),
-            ..PoolIdentityStatus::default()
-        };
-        match resolve_entry(&ctx, entry).await {
-            Err(f) => {
-                status.reason = f.reason.as_str().to_owned();
-                status.message = Some(f.message);
-            }
-            Ok(resolved) => {
-                status.client_id = Some(resolved.client_id.clone());
-                let mut listing = ctx.directory.lock(&resolved.parent.key()).await;
-                match listed(&ctx, &mut listing, &resolved.parent).await {
-                    Err(f) => {
-                        status.reason = f.reason.as_str().to_owned();
-                        status.message = Some(f.message);
-                    }
-                    Ok(list) => {
-                        status.used = u32::try_from(list.len()).unwrap_or(u32::MAX);
-                        status.free = capacity.saturating_sub(status.used);
-                        status.usable = true;
-                        status.reason = Reason::Usable.as_str().to_owned();
-                    }
-                }
-            }
-        }
+        let status = identity_status(&ctx, entry, capacity).await;
         let labels = IdentityLabels {
             identity: entry.id().to_owned(),
         };
@@ -179,10 +158,52 @@ pub async fn reconcile(pool: Arc<FederatedIdentityPool>, ctx: Arc<Context>) -> R
             .set(i64::from(if status.usable { capacity } else { 0 }));
         identities.push(status);
     }
-    let pairs: Vec<(bool, u32)> = identities.iter().map(|i| (i.usable, i.used)).collect();
-    let usage = placement::usage(&pairs, capacity);
-    let usable = pairs.iter().filter(|(ok, _)| *ok).count();
     let old = pool.status.clone().unwrap_or_default();
+    let (status, usage) = pool_status(&pool, &old, identities);
+    if status != old && ctx.leadership.is_leader() {
+        publish(&ctx, &pool, &old, &status, &usage).await?;
+    }
+    Ok(Action::requeue(POOL_RESYNC))
+}
+
+/// One identity's usage, from its current list (read without waiting for a write in flight).
+async fn identity_status(ctx: &Context, entry: &wif_api::PoolIdentity, capacity: u32) -> PoolIdentityStatus {
+    let mut status = PoolIdentityStatus {
+        identity: entry.id().to_owned(),
+        ..PoolIdentityStatus::default()
+    };
+    let listed = match resolve_entry(ctx, entry).await {
+        Ok(resolved) => {
+            status.client_id = Some(resolved.client_id.clone());
+            current_list(ctx, &resolved.parent).await
+        }
+        Err(f) => Err(f),
+    };
+    match listed {
+        Err(f) => {
+            status.reason = f.reason.as_str().to_owned();
+            status.message = Some(f.message);
+        }
+        Ok(list) => {
+            status.used = u32::try_from(list.len()).unwrap_or(u32::MAX);
+            status.free = capacity.saturating_sub(status.used);
+            status.usable = true;
+            status.reason = Reason::Usable.as_str().to_owned();
+        }
+    }
+    status
+}
+
+/// The pool's status from its identities' usage (pure).
+fn pool_status(
+    pool: &FederatedIdentityPool,
+    old: &FederatedIdentityPoolStatus,
+    identities: Vec<PoolIdentityStatus>,
+) -> (FederatedIdentityPoolStatus, placement::Usage) {
+    let problems = validate_pool(&pool.spec);
+    let pairs: Vec<(bool, u32)> = identities.iter().map(|i| (i.usable, i.used)).collect();
+    let usage = placement::usage(&pairs, pool.spec.capacity_per_identity);
+    let usable = pairs.iter().filter(|(ok, _)| *ok).count();
     let conds = conditions(usable, pairs.len(), &usage, &problems);
     let generation = pool.metadata.generation;
     let status = FederatedIdentityPoolStatus {
@@ -193,41 +214,52 @@ pub async fn reconcile(pool: Arc<FederatedIdentityPool>, ctx: Arc<Context>) -> R
         identities,
         conditions: to_conditions(&old.conditions, &conds, generation, Timestamp::now()),
     };
-    if status != old && ctx.leadership.is_leader() {
-        let api: Api<FederatedIdentityPool> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "apiVersion": FederatedIdentityPool::api_version(&()),
-            "kind": FederatedIdentityPool::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(naming::FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
-        let reference = pool.object_ref(&());
-        for (kind, reason) in [("NearlyFull", Reason::PoolNearlyFull), ("Full", Reason::PoolFull)] {
-            if became_true(&old.conditions, &status.conditions, kind) {
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: reason.as_str().to_owned(),
-                    note: Some(format!(
-                        "pool {name}: {} of {} credentials used ({kind})",
-                        usage.used, usage.capacity
-                    )),
-                    action: "Count".to_owned(),
-                    secondary: None,
-                };
-                if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-                    tracing::debug!(%error, "failed to publish a pool Event");
-                }
+    (status, usage)
+}
+
+/// Writes the pool's status, and a Warning Event for each of NearlyFull and Full that became
+/// true.
+async fn publish(
+    ctx: &Context,
+    pool: &FederatedIdentityPool,
+    old: &FederatedIdentityPoolStatus,
+    status: &FederatedIdentityPoolStatus,
+    usage: &placement::Usage,
+) -> Result<(), Error> {
+    let name = pool.name_any();
+    let api: Api<FederatedIdentityPool> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": FederatedIdentityPool::api_version(&()),
+        "kind": FederatedIdentityPool::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(naming::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    let reference = pool.object_ref(&());
+    for (kind, reason) in [("NearlyFull", Reason::PoolNearlyFull), ("Full", Reason::PoolFull)] {
+        if became_true(&old.conditions, &status.conditions, kind) {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.as_str().to_owned(),
+                note: Some(format!(
+                    "pool {name}: {} of {} credentials used ({kind})",
+                    usage.used, usage.capacity
+                )),
+                action: "Count".to_owned(),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+                tracing::debug!(%error, "failed to publish a pool Event");
             }
         }
-        tracing::info!(pool = %name, used = usage.used, capacity = usage.capacity, "pool usage");
     }
-    Ok(Action::requeue(POOL_RESYNC))
+    tracing::info!(pool = %name, used = usage.used, capacity = usage.capacity, "pool usage");
+    Ok(())
 }
 
 /// kube-runtime's error policy of pools.
@@ -260,6 +292,45 @@ mod tests {
         assert_eq!((c[0].1, c[0].2), (false, Reason::NoUsableIdentity));
         let c = conditions(1, 1, &u, &["spec.capacityPerIdentity 0".into()]);
         assert_eq!(c[0].2, Reason::InvalidPool);
+    }
+
+    #[test]
+    fn a_pool_change_wakes_only_the_bindings_waiting_for_it() {
+        let pool: FederatedIdentityPool = serde_json::from_value(json!({
+            "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityPool",
+            "metadata": {"name": "p"},
+            "spec": {"identities": [{"application": {"clientId": "0a1b2c3d-0000-4000-8000-00000000000a"}}]}
+        }))
+        .unwrap();
+        let binding =
+            |name: &str, ready: &str, reason: &str, on: &str| -> Arc<wif_api::FederatedIdentityBinding> {
+                Arc::new(
+                    serde_json::from_value(json!({
+                        "apiVersion": "azure.workload.identity/v1alpha1", "kind": "FederatedIdentityBinding",
+                        "metadata": {"name": name, "namespace": "ns"},
+                        "spec": {"serviceAccountName": "sa", "identity": {"pool": {"name": "p"}}},
+                        "status": {
+                            "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "",
+                                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                            "placement": {"pool": "p", "identity": on},
+                        }
+                    }))
+                    .unwrap(),
+                )
+            };
+        let here = "0a1b2c3d-0000-4000-8000-00000000000a";
+        let gone = "0a1b2c3d-0000-4000-8000-00000000000b";
+        let bindings = vec![
+            binding("full", "False", "PoolFull", here),
+            binding("creating", "False", "AwaitingCredential", here),
+            binding("ready", "True", "Ready", here),
+            binding("left", "True", "Ready", gone),
+        ];
+        let woken: Vec<String> = waiting_bindings(&bindings, &pool)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["full", "left"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::{
     directory::Listing,
     plan::{self, Backend, Step},
     reasons::Reason,
+    share,
 };
 
 /// Executes `steps` on `parent`, under the identity lock held by the caller; returns the
@@ -112,9 +113,11 @@ pub(super) async fn sync(
     events: &mut Vec<Note>,
 ) -> Result<(FederatedCredential, Synced), Failure> {
     let on = parent.display();
+    let started = std::time::Instant::now();
     let mut listing = ctx.directory.lock(&parent.key()).await;
+    ctx.metrics.waited("identity_lock", started);
     let observed = match listing.fresh(ctx.directory.list_ttl) {
-        Some(list) => list.to_vec(),
+        Some(list) => list,
         None => {
             let list = ctx
                 .azure
@@ -126,6 +129,10 @@ pub(super) async fn sync(
         }
     };
     let ours = target::ownership(&ctx.settings, b, parent, &[]);
+    let sharers = target::sharers(ctx, b, parent, false);
+    if let Some(c) = share::shared(desired, &observed, &ours, &sharers) {
+        return Ok((c.clone(), Synced::Shared));
+    }
     let plan = plan::plan(desired, &observed, &ours, limit.min(ctx.settings.max_credentials));
     if let Some(blocked) = plan.blocked {
         return Err(verdict::blocked(blocked, &on, desired));
@@ -188,16 +195,67 @@ pub(super) async fn remove_ours(
         .map(|d| vec![d.name.clone()])
         .unwrap_or_default();
     let steps = plan::plan_cleanup(&observed, &target::ownership(&ctx.settings, b, parent, &extra));
+    let sharers = target::sharers(ctx, b, parent, true);
+    let deletes = keep_shared(ctx, &mut listing, parent, &observed, steps, &sharers, events).await?;
     execute(
         ctx,
         &mut listing,
         parent,
         desired.unwrap_or(&placeholder()),
-        &steps,
+        &deletes,
         events,
     )
     .await?;
-    Ok(steps.len())
+    Ok(deletes.len())
+}
+
+/// Of the deletions of a binding that goes, carries out the hand-overs of credentials another
+/// binding of the same ServiceAccount and audience still needs ([`share::release`]); the
+/// deletions left.
+async fn keep_shared(
+    ctx: &Context,
+    listing: &mut Listing,
+    parent: &Parent,
+    observed: &[FederatedCredential],
+    steps: Vec<Step>,
+    sharers: &[share::Sharer],
+    events: &mut Vec<Note>,
+) -> Result<Vec<Step>, Failure> {
+    let mut deletes = Vec::with_capacity(steps.len());
+    for step in steps {
+        let Step::Delete { id, name } = &step else {
+            continue;
+        };
+        let Some(c) = observed.iter().find(|c| c.id == *id) else {
+            continue;
+        };
+        let to = match share::release(c, parent.backend(), sharers) {
+            share::Release::Delete => {
+                deletes.push(step);
+                continue;
+            }
+            share::Release::Keep(i) => &sharers[i],
+            share::Release::HandOver(i) => {
+                let update = Step::Update {
+                    id: id.clone(),
+                    name: name.clone(),
+                    adopt: false,
+                };
+                let to = &sharers[i];
+                execute(ctx, listing, parent, &to.desired, &[update], events).await?;
+                to
+            }
+        };
+        events.push(Note::normal(
+            Reason::CredentialKept,
+            format!(
+                "kept federated credential {name} on {} for binding {}, which shares it",
+                parent.display(),
+                to.binding
+            ),
+        ));
+    }
+    Ok(deletes)
 }
 
 /// The desired credential of a removal, which only deletes.

@@ -53,6 +53,9 @@ struct Apply<'a> {
     b: &'a FederatedIdentityBinding,
     ns: String,
     report: Report,
+    /// The credential serving the binding when it is shared (another name, another marker):
+    /// what the read-back looks for instead of the desired one.
+    serving: Option<CredentialSpec>,
 }
 
 impl<'a> Apply<'a> {
@@ -62,6 +65,7 @@ impl<'a> Apply<'a> {
             b,
             ns: b.namespace().unwrap_or_default(),
             report: Report::new(b.status.clone().unwrap_or_default()),
+            serving: None,
         }
     }
 
@@ -87,6 +91,7 @@ impl<'a> Apply<'a> {
         let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
         let limit = self.ctx.settings.max_credentials;
         let (credential_ok, wrote) = self.sync(&resolved, &desired, limit).await;
+        let desired = self.serving.take().unwrap_or(desired);
         let sa_exists = self.service_account(&resolved, credential_ok).await;
         if credential_ok {
             self.report.obs.propagated = self.propagation(&resolved, &desired, wrote, sa_exists).await;
@@ -129,6 +134,7 @@ impl<'a> Apply<'a> {
         self.report.placement = Some(placed.placement.clone());
         let desired = target::desired(&self.ctx.settings, self.b, &resolved.parent);
         let (credential_ok, wrote) = self.sync(&resolved, &desired, placed.capacity).await;
+        let desired = self.serving.take().unwrap_or(desired);
         // Written (or refused): the identity's list now counts it.
         if let Some((parent_key, name)) = &placed.reservation {
             self.ctx.directory.release(parent_key, name);
@@ -329,6 +335,13 @@ impl<'a> Apply<'a> {
         match synced {
             Ok((credential, outcome)) => {
                 let on = resolved.parent.display();
+                if outcome == verdict::Synced::Shared {
+                    self.serving = Some(CredentialSpec {
+                        name: credential.name.clone(),
+                        description: credential.description.clone(),
+                        ..desired.clone()
+                    });
+                }
                 self.report.credential = Some(verdict::credential_status(&credential, &resolved.parent));
                 self.report.obs.credential =
                     verdict::credential(outcome, &credential.name, &on, &self.report.old.conditions);

@@ -156,6 +156,8 @@ pub struct World {
     /// Credentials on `APP2`.
     pub credentials2: Vec<CredentialSeed>,
     pub pools: Vec<FederatedIdentityPool>,
+    /// Other bindings in the binding cache (only the reconciled one is on the API server).
+    pub others: Vec<FederatedIdentityBinding>,
 }
 
 impl World {
@@ -227,6 +229,39 @@ where
     writer.as_reader()
 }
 
+/// Graph and ARM clients against the emulator, authenticated by tokens its admin API mints.
+fn azure(emulator: &Handle, admin: AdminClient) -> Azure {
+    let http = crate::azure::http_client(
+        &[("emulator".into(), emulator.ca_pem().as_bytes().to_vec())],
+        Duration::from_secs(5),
+    )
+    .expect("an HTTP client");
+    let retry = RetryConfig {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    let azure_http = Arc::new(AzureHttp::new(
+        http,
+        Arc::new(Minted(admin)),
+        retry,
+        Duration::from_secs(5),
+        None,
+    ));
+    Azure {
+        graph: GraphClient::new(
+            azure_http.clone(),
+            &emulator.graph_url(),
+            "https://graph.microsoft.com/.default",
+        ),
+        arm: ArmClient::new(
+            azure_http,
+            &emulator.arm_url(),
+            "https://management.azure.com/.default",
+        ),
+    }
+}
+
 impl Harness {
     /// Starts the emulator (seeded with the controller's app, `APP` and `world.credentials` on
     /// it) and the mocked API server holding `binding`.
@@ -241,35 +276,7 @@ impl Harness {
             .seed(&seed(world.credentials, world.credentials2))
             .await
             .expect("seeded");
-        let http = crate::azure::http_client(
-            &[("emulator".into(), emulator.ca_pem().as_bytes().to_vec())],
-            Duration::from_secs(5),
-        )
-        .expect("an HTTP client");
-        let retry = RetryConfig {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-        };
-        let azure_http = Arc::new(AzureHttp::new(
-            http,
-            Arc::new(Minted(admin)),
-            retry,
-            Duration::from_secs(5),
-            None,
-        ));
-        let azure = Azure {
-            graph: GraphClient::new(
-                azure_http.clone(),
-                &emulator.graph_url(),
-                "https://graph.microsoft.com/.default",
-            ),
-            arm: ArmClient::new(
-                azure_http,
-                &emulator.arm_url(),
-                "https://management.azure.com/.default",
-            ),
-        };
+        let azure = azure(&emulator, admin);
 
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
@@ -288,7 +295,7 @@ impl Harness {
         }
         pools.apply_watcher_event(&watcher::Event::InitDone);
         let stores = Stores {
-            bindings: filled(vec![binding.clone()]),
+            bindings: filled(std::iter::once(binding.clone()).chain(world.others).collect()),
             policies: filled(world.policies),
             pools: pools.as_reader(),
             namespaces: filled(vec![namespace]),
@@ -357,6 +364,7 @@ fn settings() -> Settings {
         resync_interval: Duration::from_secs(600),
         resync_jitter: Duration::from_secs(60),
         max_credentials: 20,
+        namespace_selector: None,
         readback: ReadBackConfig {
             count: 1,
             interval: Duration::from_millis(1),

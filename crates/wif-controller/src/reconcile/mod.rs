@@ -35,6 +35,8 @@ mod fixtures;
 #[cfg(test)]
 mod pool_tests;
 #[cfg(test)]
+mod share_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{sync::Arc, time::Instant};
@@ -72,6 +74,11 @@ async fn run(binding: Arc<FederatedIdentityBinding>, ctx: &Arc<Context>) -> Resu
     let namespace = binding.namespace().ok_or(Error::NoNamespace)?;
     tracing::Span::current().record("namespace", namespace.as_str());
     ctx.stores.wait_ready(std::time::Duration::from_secs(60)).await?;
+    if !ctx.stores.namespace_selected(&ctx.settings, &namespace) {
+        // Another controller's, or not opted in: not even our finalizer is added.
+        tracing::debug!("namespace not matched by --watch-namespace-selector: left alone");
+        return Ok(Action::await_change());
+    }
     let api: Api<FederatedIdentityBinding> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, BINDING_FINALIZER, binding, |event| async {
         match event {

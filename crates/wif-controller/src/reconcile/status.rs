@@ -148,13 +148,16 @@ pub(crate) async fn apply_status(
         "kind": FederatedIdentityBinding::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &b.name_any(),
-        &PatchParams::apply(naming::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    let started = std::time::Instant::now();
+    let written = api
+        .patch_status(
+            &b.name_any(),
+            &PatchParams::apply(naming::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics.waited("status_write", started);
+    written.map_err(Error::Kube)?;
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! the binding wants there. Everything here is pure except [`resolve`], which asks Graph or ARM
 //! once per identity (client ids and resource ids do not move) and caches the answer.
 
+use std::sync::Arc;
+
 use kube::ResourceExt;
 use wif_api::{
     FederatedIdentityBinding, FederatedIdentityBindingStatus, IdentityReference, RequestedIdentity,
@@ -16,6 +18,7 @@ use crate::{
     naming,
     plan::{Backend, Ownership},
     reasons::Reason,
+    share::Sharer,
 };
 
 /// The identity named in a spec.
@@ -128,6 +131,64 @@ pub(super) fn ownership(
     }
 }
 
+/// The audience a binding's credential trusts.
+fn audience(settings: &Settings, b: &FederatedIdentityBinding) -> String {
+    b.spec
+        .audience
+        .clone()
+        .unwrap_or_else(|| settings.default_audience.clone())
+}
+
+/// The other bindings of `b`'s ServiceAccount and audience: they share one credential per
+/// identity with `b`. Those being deleted count for using a credential (theirs exists until
+/// they release it), not for taking one over (`alive_only`).
+pub(super) fn sharing(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    alive_only: bool,
+) -> Vec<Arc<FederatedIdentityBinding>> {
+    let (ns, name) = (b.namespace(), b.name_any());
+    let wanted = audience(&ctx.settings, b);
+    ctx.stores
+        .bindings
+        .state()
+        .into_iter()
+        .filter(|o| {
+            o.namespace() == ns
+                && o.spec.service_account_name == b.spec.service_account_name
+                && o.name_any() != name
+                && (!alive_only || o.metadata.deletion_timestamp.is_none())
+                && audience(&ctx.settings, o) == wanted
+        })
+        .collect()
+}
+
+/// What the bindings sharing with a binding ([`sharing`]) own and want on `parent`.
+pub(super) fn sharers_on(
+    settings: &Settings,
+    sharing: &[Arc<FederatedIdentityBinding>],
+    parent: &Parent,
+) -> Vec<Sharer> {
+    sharing
+        .iter()
+        .map(|o| Sharer {
+            binding: format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
+            ownership: ownership(settings, o, parent, &[]),
+            desired: desired(settings, o, parent),
+        })
+        .collect()
+}
+
+/// [`sharers_on`] of [`sharing`].
+pub(super) fn sharers(
+    ctx: &Context,
+    b: &FederatedIdentityBinding,
+    parent: &Parent,
+    alive_only: bool,
+) -> Vec<Sharer> {
+    sharers_on(&ctx.settings, &sharing(ctx, b, alive_only), parent)
+}
+
 /// The credential a binding wants on `parent`.
 pub(super) fn desired(settings: &Settings, b: &FederatedIdentityBinding, parent: &Parent) -> CredentialSpec {
     let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
@@ -139,11 +200,7 @@ pub(super) fn desired(settings: &Settings, b: &FederatedIdentityBinding, parent:
             .unwrap_or_else(|| naming::default_credential_name(&settings.cluster_id, &ns, &name)),
         issuer: settings.issuer.clone(),
         subject: service_account_subject(&ns, &b.spec.service_account_name),
-        audience: b
-            .spec
-            .audience
-            .clone()
-            .unwrap_or_else(|| settings.default_audience.clone()),
+        audience: audience(settings, b),
         description: (parent.backend() == Backend::Graph)
             .then(|| naming::description(&settings.cluster_id, &ns, &name)),
     }

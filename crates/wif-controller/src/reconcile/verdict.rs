@@ -250,6 +250,8 @@ pub(crate) enum Synced {
     Adopted,
     /// Nothing to write.
     InSync,
+    /// Served by the credential of the bindings of the same ServiceAccount and audience.
+    Shared,
 }
 
 /// How carrying out `plan` ends the sync.
@@ -288,6 +290,10 @@ pub(crate) fn credential(outcome: Synced, name: &str, on: &str, old: &[Condition
         Synced::Adopted => Check::ok(
             Reason::Adopted,
             format!("adopted the identical credential {name} on {on}"),
+        ),
+        Synced::Shared => Check::ok(
+            Reason::Shared,
+            format!("credential {name} on {on} serves every binding of this ServiceAccount and audience"),
         ),
         Synced::InSync => match conditions::find(old, conditions::CREDENTIAL_SYNCED) {
             Some(c) if c.status == "True" => {

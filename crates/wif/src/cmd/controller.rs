@@ -107,6 +107,14 @@ struct ReconcileArgs {
     /// Reconcile bindings of this namespace only (default: all namespaces).
     #[arg(long, env = "WIF_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Reconcile bindings only in namespaces whose labels match this label selector (for
+    /// example `team=payments` or `wif.example/managed`); bindings elsewhere are left alone.
+    #[arg(
+        long,
+        env = "WIF_WATCH_NAMESPACE_SELECTOR",
+        conflicts_with = "watch_namespace"
+    )]
+    watch_namespace_selector: Option<String>,
     /// Periodic resync (drift correction) interval.
     #[arg(long, env = "WIF_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     resync_interval: Duration,
@@ -301,6 +309,7 @@ impl TryFrom<ControllerArgs> for ControllerConfig {
             cluster_id,
             audience,
             watch_namespace,
+            watch_namespace_selector,
             resync_interval,
             resync_jitter,
             concurrency,
@@ -315,6 +324,7 @@ impl TryFrom<ControllerArgs> for ControllerConfig {
         cfg.cluster_id = cluster_id;
         cfg.default_audience = audience;
         cfg.watch_namespace = watch_namespace;
+        cfg.watch_namespace_selector = watch_namespace_selector;
         cfg.resync_interval = resync_interval;
         cfg.resync_jitter = resync_jitter;
         cfg.concurrency = concurrency;
