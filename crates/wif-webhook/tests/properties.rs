@@ -417,3 +417,32 @@ proptest! {
         prop_assert_eq!(mutate_view(view, &MetaView::from(&sa), &cfg), mutate(&pod, &sa, &cfg));
     }
 }
+
+/// Found by the admission fuzz target: a request lists its keys in any order, a typed pod holds
+/// them sorted; the warnings (and so the whole answer) must not depend on the order written.
+#[test]
+fn warnings_do_not_depend_on_the_order_keys_are_written_in() {
+    let cfg = MutationConfig::new("t", Cloud::Public);
+    let sa = ObjectMeta {
+        name: Some("api".into()),
+        namespace: Some("apps".into()),
+        annotations: Some([("azure.workload.identity/client-id".to_owned(), "cid".to_owned())].into()),
+        ..ObjectMeta::default()
+    };
+    // Written in reverse key order, as JSON allows; both keys are unknown, so both are warned about.
+    let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "CREATE", "userInfo": {"username": "x"},
+        "object": {"metadata": {"name": "p", "namespace": "apps", "labels": {
+            "azure.workload.identity/usapp": "x", "azure.workload.identity/u": "y",
+            "azure.workload.identity/use": "true"}},
+          "spec": {"serviceAccountName": "api", "containers": [{"name": "c", "image": "i"}]}}}}"#;
+    let request = decode(body).unwrap();
+    let view: &PodView<'_> = request.object.as_ref().unwrap();
+    let review: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let pod: Pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
+    let from_view = mutate_view(view, &MetaView::from(&sa), &cfg).unwrap();
+    assert_eq!(from_view.warnings.len(), 2, "{:?}", from_view.warnings);
+    assert_eq!(Ok(from_view), mutate(&pod, &sa, &cfg));
+}

@@ -92,7 +92,10 @@ pub(super) fn warnings(
         (&sa.annotations, Place::SaAnnotation, sa_object.as_str()),
     ];
     for (map, place, object) in sources {
-        for key in map.keys() {
+        // In key order, as a typed pod's maps hold them, not the order the request wrote them.
+        let mut keys: Vec<&str> = map.keys().collect();
+        keys.sort_unstable();
+        for key in keys {
             if let Some(w) = key_warning(key, place, object) {
                 out.push(w);
             }
