@@ -1,6 +1,9 @@
 //! Pod-creation burst through the real API server (`make bench-burst`): 2,000 labelled pods created
-//! by 50 concurrent clients, in three configurations in one run — no webhook registered, wif
-//! registered serving HTTP/1.1 only, wif registered serving HTTP/2 — each in its own namespace.
+//! by 50 concurrent clients, in four configurations in one run — no webhook registered, a
+//! webhook that does nothing (reads each review and allows it unchanged, on wif's HTTP/1.1
+//! transport), wif registered serving HTTP/1.1 only, wif registered serving HTTP/2 — each in its
+//! own namespace. What the API server spends calling any webhook shows in the do-nothing
+//! configuration; wif's own share is its figure minus that one.
 //!
 //! Reports per configuration: pod-creation latency (p50, p99, max) as the clients see it,
 //! failures, and for the webhook its connections by protocol, the most open at once, TLS
@@ -23,10 +26,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use axum::{Json, Router, routing::post};
+use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
 use serde_json::{Value, json};
-use wif_e2e::{TestNs, WebhookOptions, WebhookProcess, controller::metric_sum};
+use tokio_util::sync::CancellationToken;
+use wif_e2e::{
+    TestNs, WebhookOptions, WebhookProcess, controller::metric_sum, webhook::mutating_configuration,
+};
+use wif_webhook::{server, tls::CertStore};
 
 struct Args {
     pods: usize,
@@ -169,9 +180,105 @@ async fn create_pods(ns: &TestNs, prefix: &str, count: usize, clients: usize) ->
     (latencies, failures)
 }
 
+/// The part of a review the do-nothing webhook reads into memory; the rest (the pod) is parsed
+/// and skipped.
+#[derive(serde::Deserialize)]
+struct Review {
+    request: ReviewRequest,
+}
+
+#[derive(serde::Deserialize)]
+struct ReviewRequest {
+    uid: String,
+}
+
+/// A webhook that does nothing: every review is read and allowed unchanged, served by wif's
+/// transport over HTTP/1.1 and registered as wif is (URL, same selectors).
+struct AllowOnly {
+    stop: CancellationToken,
+    served: Arc<AtomicU64>,
+    config: String,
+}
+
+impl AllowOnly {
+    async fn start(ns: &TestNs) -> Self {
+        let (ca, leaf) = wif_e2e::webhook::localhost_pki("allow-only", Duration::from_secs(3600));
+        let store = CertStore::new();
+        store
+            .set_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), "allow-only")
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = CancellationToken::new();
+        let served = Arc::new(AtomicU64::new(0));
+        let counter = served.clone();
+        let router = Router::new().route(
+            "/allow",
+            post(move |Json(review): Json<Review>| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    Json(
+                        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                "response": {"uid": review.request.uid, "allowed": true}}),
+                    )
+                }
+            }),
+        );
+        let limits = server::Limits {
+            http2: false,
+            ..server::Limits::default()
+        };
+        tokio::spawn(server::serve_tls(listener, store, router, limits, stop.clone()));
+        let config = format!("allow-only-{}", ns.name);
+        let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some([(wif_api::USE_LABEL.to_owned(), "true".to_owned())].into()),
+            ..Default::default()
+        };
+        let cfg = mutating_configuration(
+            &config,
+            "allow-only.bench.wif.test",
+            &format!("https://127.0.0.1:{port}/allow"),
+            &ca.cert_pem,
+            &ns.name,
+            Some(selector),
+        );
+        Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
+            .create(&PostParams::default(), &cfg)
+            .await
+            .unwrap();
+        // The configuration is live once the API server calls it for a dry-run pod.
+        let pods: Api<Pod> = ns.api();
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        for _ in 0..200 {
+            let _ = pods.create(&dry_run, &pod("probe")).await;
+            if served.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            served.load(Ordering::Relaxed) > 0,
+            "the API server never called the do-nothing webhook"
+        );
+        Self { stop, served, config }
+    }
+
+    async fn stop(self, ns: &TestNs) {
+        Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
+            .delete(&self.config, &DeleteParams::default())
+            .await
+            .unwrap();
+        self.stop.cancel();
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Config {
     NoWebhook,
+    AllowOnly,
     Http1,
     Http2,
 }
@@ -180,6 +287,7 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Self::NoWebhook => "no_webhook",
+            Self::AllowOnly => "allow_only_http1",
             Self::Http1 => "wif_http1",
             Self::Http2 => "wif_http2",
         }
@@ -190,8 +298,12 @@ async fn run(config: Config, args: &Args) -> Value {
     let ns = TestNs::new(&format!("burst-{}", config.name().replace('_', "-"))).await;
     ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT_ID)])
         .await;
+    let allow_only = match config {
+        Config::AllowOnly => Some(AllowOnly::start(&ns).await),
+        _ => None,
+    };
     let hook = match config {
-        Config::NoWebhook => None,
+        Config::NoWebhook | Config::AllowOnly => None,
         Config::Http1 | Config::Http2 => {
             let mut opts = WebhookOptions {
                 log_level: "warn,wif_webhook::run=info".into(),
@@ -297,6 +409,10 @@ async fn run(config: Config, args: &Args) -> Value {
             "peak_rss_mib": round3(proc_status_kib(pid, "VmHWM:") as f64 / 1024.0),
         });
     }
+    if let Some(a) = allow_only {
+        out["served"] = json!(a.served.load(Ordering::Relaxed));
+        a.stop(&ns).await;
+    }
     eprintln!("bench: {}: {}", config.name(), out);
     drop(hook);
     out
@@ -307,12 +423,14 @@ async fn main() {
     wif_e2e::init();
     let args = parse_args();
     let mut results = serde_json::Map::new();
-    for config in [Config::NoWebhook, Config::Http1, Config::Http2] {
+    for config in [Config::NoWebhook, Config::AllowOnly, Config::Http1, Config::Http2] {
         results.insert(config.name().into(), run(config, &args).await);
     }
     let p99 = |c: &str| results[c]["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
     let added_h1 = round3(p99("wif_http1") - p99("no_webhook"));
     let added_h2 = round3(p99("wif_http2") - p99("no_webhook"));
+    let any_webhook = round3(p99("allow_only_http1") - p99("no_webhook"));
+    let over_allow_only = round3(p99("wif_http1") - p99("allow_only_http1"));
     let failures: u64 = results
         .values()
         .map(|r| r["failures"].as_u64().unwrap_or(0))
@@ -326,7 +444,7 @@ async fn main() {
                 .unwrap_or(f64::MAX),
         );
     let report = json!({
-        "benchmark": "pod-creation burst through kube-apiserver: no webhook, wif over HTTP/1.1, wif over HTTP/2",
+        "benchmark": "pod-creation burst through kube-apiserver: no webhook, a do-nothing webhook, wif over HTTP/1.1, wif over HTTP/2",
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "wif_bin": wif_e2e::wif_bin().display().to_string(),
         "build": if wif_e2e::wif_bin().display().to_string().contains("/debug/") {
@@ -340,10 +458,12 @@ async fn main() {
                  the warm-up pods are not counted; webhook figures are deltas over the measured burst \
                  except peak RSS and connections_since_start",
         "configs": results,
-        "p99_added_ms": {"http1": added_h1, "http2": added_h2},
+        "p99_added_ms": {"http1": added_h1, "http2": added_h2, "do_nothing_webhook": any_webhook,
+                         "wif_http1_over_do_nothing_webhook": over_allow_only},
         "goals": {
             "p99 added by wif <= 2 ms (HTTP/1.1)": {"figure": added_h1, "met": added_h1 <= 2.0},
             "p99 added by wif <= 2 ms (HTTP/2)": {"figure": added_h2, "met": added_h2 <= 2.0},
+            "p99 added by wif over a do-nothing webhook <= 2 ms (HTTP/1.1)": {"figure": over_allow_only, "met": over_allow_only <= 2.0},
             "0 failures": {"figure": failures, "met": failures == 0},
             "HTTP/2: a handful of connections (<= 5)": {"figure": h2_conns, "met": h2_conns <= 5.0},
         },

@@ -213,6 +213,19 @@ pub(crate) fn transitions(old: &[Condition], observed: &Observations) -> Vec<Tra
         .collect()
 }
 
+/// Whether a transition is worth an Event. Problems are (`False`), and so are a recovery from
+/// one, losing a `True`, and the binding becoming `Ready`. A part that turns `True` on the way to
+/// `Ready` is not: the writes that made it so have their own Events, and a converging binding
+/// would otherwise publish one Event per condition (tens of thousands for 10,000 bindings).
+pub(crate) fn worth_an_event(old: &[Condition], t: &Transition) -> bool {
+    let was = find(old, t.kind).map(|c| c.status.as_str());
+    match t.state {
+        State::False => true,
+        State::Unknown => was == Some("True"),
+        State::True => t.kind == READY || was == Some("False"),
+    }
+}
+
 /// The condition of `kind` in `conditions`.
 pub(crate) fn find<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == kind)
@@ -308,6 +321,43 @@ mod tests {
         assert_eq!(tr.len(), 1);
         assert_eq!(tr[0].kind, CREDENTIAL_SYNCED);
         assert_eq!(tr[0].reason, Reason::Updated);
+    }
+
+    #[rstest::rstest]
+    #[case::a_problem(None, State::False, PERMITTED, true)]
+    #[case::a_new_problem_reason(Some("False"), State::False, PERMITTED, true)]
+    #[case::progress(None, State::Unknown, PROPAGATED, false)]
+    #[case::progress_after_a_problem(Some("False"), State::Unknown, PROPAGATED, false)]
+    #[case::lost(Some("True"), State::Unknown, PROPAGATED, true)]
+    #[case::a_part_on_the_way(None, State::True, PERMITTED, false)]
+    #[case::a_part_after_waiting(Some("Unknown"), State::True, PROPAGATED, false)]
+    #[case::a_recovery(Some("False"), State::True, PERMITTED, true)]
+    #[case::ready(None, State::True, READY, true)]
+    #[case::ready_again(Some("Unknown"), State::True, READY, true)]
+    fn events_report_problems_recoveries_and_readiness(
+        #[case] was: Option<&str>,
+        #[case] state: State,
+        #[case] kind: &'static str,
+        #[case] worth: bool,
+    ) {
+        let old: Vec<Condition> = was
+            .map(|status| Condition {
+                type_: kind.to_owned(),
+                status: status.to_owned(),
+                reason: "Before".to_owned(),
+                message: String::new(),
+                last_transition_time: Time(t(0)),
+                observed_generation: None,
+            })
+            .into_iter()
+            .collect();
+        let t = Transition {
+            kind,
+            state,
+            reason: Reason::Granted,
+            message: String::new(),
+        };
+        assert_eq!(worth_an_event(&old, &t), worth);
     }
 
     #[test]

@@ -10,10 +10,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Client,
     core::PartialObjectMeta,
-    runtime::{
-        events::Recorder,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::reflector::{ObjectRef, Store},
 };
 use rand::Rng;
 use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
@@ -22,6 +19,7 @@ use crate::{
     Error,
     azure::Azure,
     directory::Directory,
+    events::Recorder,
     leader::Leadership,
     metrics::Metrics,
     propagation::{ExchangeConfig, ReadBackConfig},

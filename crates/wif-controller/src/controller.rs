@@ -14,7 +14,6 @@ use kube::{
     runtime::{
         WatchStreamExt,
         controller::{self, Controller},
-        events::Recorder,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -26,6 +25,7 @@ use crate::{
     azure::Azure,
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
+    events::Recorder,
     leader::Leadership,
     metrics::Metrics,
     propagation::ExchangeConfig,

@@ -21,6 +21,7 @@ mod context;
 pub mod controller;
 pub mod directory;
 mod error;
+pub mod events;
 mod issuer;
 pub mod leader;
 mod metrics;

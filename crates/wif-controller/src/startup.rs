@@ -14,10 +14,7 @@ use std::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::Store,
-    },
+    runtime::{events::Reporter, reflector::Store},
 };
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -32,6 +29,7 @@ use crate::{
     conditions,
     context::Settings,
     controller::{self, Shared},
+    events::Recorder,
     issuer,
     leader::{Elector, HoldEnd, LeaderConfig, Leadership},
     metrics::Metrics,

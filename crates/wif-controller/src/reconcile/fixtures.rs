@@ -15,7 +15,7 @@ use kube::{
     client::Body,
     core::PartialObjectMeta,
     runtime::{
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, store::Writer},
         watcher,
     },
@@ -32,6 +32,7 @@ use crate::{
     azure::{Azure, AzureHttp, Parent, RetryConfig, TokenProvider, arm::ArmClient, graph::GraphClient},
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
+    events::Recorder,
     leader::Leadership,
     metrics::Metrics,
     propagation::ReadBackConfig,

@@ -95,7 +95,8 @@ pub(crate) fn conditions_and_notes(
     let wrote_credential = report.events.iter().any(|n| n.reason.is_credential_write());
     let mut notes = report.events;
     for t in conditions::transitions(&report.old.conditions, &report.obs) {
-        if wrote_credential && t.kind == conditions::CREDENTIAL_SYNCED && t.state == State::True {
+        let written = wrote_credential && t.kind == conditions::CREDENTIAL_SYNCED && t.state == State::True;
+        if written || !conditions::worth_an_event(&report.old.conditions, &t) {
             continue;
         }
         let kind = if t.state == State::True {
@@ -205,14 +206,8 @@ mod tests {
         let reasons: Vec<_> = notes.iter().map(|n| n.reason).collect();
         assert_eq!(
             reasons,
-            [
-                Reason::CredentialCreated,
-                Reason::Ready,
-                Reason::Granted,
-                Reason::Resolved,
-                Reason::Annotated,
-                Reason::ReadBack
-            ]
+            [Reason::CredentialCreated, Reason::Ready],
+            "the parts on the way to Ready are conditions, not Events"
         );
         assert!(notes.iter().all(|n| n.kind == EventType::Normal));
     }

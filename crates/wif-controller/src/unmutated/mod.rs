@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::events::Recorder;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, ServiceAccount};
 use kube::{
@@ -26,7 +27,7 @@ use kube::{
     api::{EvictParams, PartialObjectMeta, PostParams},
     runtime::{
         WatchStreamExt,
-        events::{Event as KubeEvent, EventType, Recorder},
+        events::{Event as KubeEvent, EventType},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
