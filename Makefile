@@ -107,8 +107,10 @@ bench-controller: release controlplane ## controller: BENCH_BINDINGS (1000) over
 	  --out $${BENCH_OUT:-bench/results/controller.json}
 
 .PHONY: bench-burst
-bench-burst: release controlplane ## 2000 labelled pods by 50 clients through kube-apiserver: no webhook, wif HTTP/1.1, wif HTTP/2
+bench-burst: release controlplane ## 2000 labelled pods by 50 clients through kube-apiserver: no webhook, a do-nothing webhook, wif HTTP/1.1, wif HTTP/2
+	cargo build --release -p wif-webhook --example bench_tls
 	WIF_BIN=$(WIF_RELEASE) WIF_CONTROLPLANE_BIN=$$(e2e/controlplane/build.sh) \
+	  WIF_BENCH_TLS=$(CARGO_TARGET_DIR)/release/examples/bench_tls \
 	  cargo run --release -p wif-e2e --example bench_burst -- \
 	  --pods $${BENCH_PODS:-2000} --clients $${BENCH_CLIENTS:-50} --out bench/results/burst.json
 

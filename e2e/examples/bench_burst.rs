@@ -11,9 +11,9 @@
 //! average is recorded beside each configuration: the figures are only comparable within a run.
 //!
 //! ```text
-//! cargo build --release -p wif
+//! cargo build --release -p wif && cargo build --release -p wif-webhook --example bench_tls
 //! WIF_BIN=$CARGO_TARGET_DIR/release/wif WIF_CONTROLPLANE_BIN=$(e2e/controlplane/build.sh | tail -1) \
-//!   cargo run --release -p wif-e2e --example bench_burst -- --out bench/results/burst.json
+//!   WIF_BENCH_TLS=$CARGO_TARGET_DIR/release/examples/bench_tls cargo run --release -p wif-e2e --example bench_burst -- --out bench/results/burst.json
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,18 +26,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, routing::post};
 use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Pod};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use wif_e2e::{
-    TestNs, WebhookOptions, WebhookProcess, controller::metric_sum, webhook::mutating_configuration,
+    ChildGuard, TestNs, WebhookOptions, WebhookProcess, controller::metric_sum,
+    webhook::mutating_configuration,
 };
-use wif_webhook::{server, tls::CertStore};
 
 struct Args {
     pods: usize,
@@ -180,55 +178,53 @@ async fn create_pods(ns: &TestNs, prefix: &str, count: usize, clients: usize) ->
     (latencies, failures)
 }
 
-/// The part of a review the do-nothing webhook reads into memory; the rest (the pod) is parsed
-/// and skipped.
-#[derive(serde::Deserialize)]
-struct Review {
-    request: ReviewRequest,
-}
-
-#[derive(serde::Deserialize)]
-struct ReviewRequest {
-    uid: String,
-}
-
-/// A webhook that does nothing: every review is read and allowed unchanged, served by wif's
-/// transport over HTTP/1.1 and registered as wif is (URL, same selectors).
+/// A webhook that does nothing: `bench_tls allow` (a release build, `WIF_BENCH_TLS`), its own
+/// process on wif's transport over HTTP/1.1, reading each review and allowing it unchanged;
+/// registered as wif is (URL, same selectors).
 struct AllowOnly {
-    stop: CancellationToken,
-    served: Arc<AtomicU64>,
+    process: ChildGuard,
+    dir: tempfile::TempDir,
     config: String,
 }
 
 impl AllowOnly {
     async fn start(ns: &TestNs) -> Self {
-        let (ca, leaf) = wif_e2e::webhook::localhost_pki("allow-only", Duration::from_secs(3600));
-        let store = CertStore::new();
-        store
-            .set_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), "allow-only")
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = CancellationToken::new();
-        let served = Arc::new(AtomicU64::new(0));
-        let counter = served.clone();
-        let router = Router::new().route(
-            "/allow",
-            post(move |Json(review): Json<Review>| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    Json(
-                        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                                "response": {"uid": review.request.uid, "allowed": true}}),
-                    )
-                }
-            }),
+        let bin = std::env::var("WIF_BENCH_TLS").expect(
+            "WIF_BENCH_TLS: the bench_tls example (cargo build --release -p wif-webhook --example bench_tls)",
         );
-        let limits = server::Limits {
-            http2: false,
-            ..server::Limits::default()
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(&bin)
+            .arg("certs")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{bin} certs failed");
+        let out = dir.path().join("out.log");
+        let child = std::process::Command::new(&bin)
+            .args(["allow", "127.0.0.1:0"])
+            .arg(dir.path())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .spawn()
+            .unwrap();
+        let process = ChildGuard {
+            child,
+            name: "bench_tls allow".into(),
         };
-        tokio::spawn(server::serve_tls(listener, store, router, limits, stop.clone()));
+        // It binds port 0 and prints where it listens.
+        let mut addr = None;
+        for _ in 0..300 {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            addr = text
+                .lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(str::to_owned);
+            if addr.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let addr = addr.expect("bench_tls allow printed no address");
+        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
         let config = format!("allow-only-{}", ns.name);
         let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
             match_labels: Some([(wif_api::USE_LABEL.to_owned(), "true".to_owned())].into()),
@@ -237,8 +233,8 @@ impl AllowOnly {
         let cfg = mutating_configuration(
             &config,
             "allow-only.bench.wif.test",
-            &format!("https://127.0.0.1:{port}/allow"),
-            &ca.cert_pem,
+            &format!("https://{addr}{}", wif_api::MUTATE_PATH),
+            &ca,
             &ns.name,
             Some(selector),
         );
@@ -246,33 +242,29 @@ impl AllowOnly {
             .create(&PostParams::default(), &cfg)
             .await
             .unwrap();
-        // The configuration is live once the API server calls it for a dry-run pod.
-        let pods: Api<Pod> = ns.api();
-        let dry_run = PostParams {
-            dry_run: true,
-            ..PostParams::default()
-        };
-        for _ in 0..200 {
-            let _ = pods.create(&dry_run, &pod("probe")).await;
-            if served.load(Ordering::Relaxed) > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            served.load(Ordering::Relaxed) > 0,
-            "the API server never called the do-nothing webhook"
-        );
-        Self { stop, served, config }
+        Self { process, dir, config }
     }
 
-    async fn stop(self, ns: &TestNs) {
+    async fn stop(mut self, ns: &TestNs) {
         Api::<MutatingWebhookConfiguration>::all(ns.client.clone())
             .delete(&self.config, &DeleteParams::default())
             .await
             .unwrap();
-        self.stop.cancel();
+        self.process.terminate(Duration::from_secs(5));
+        drop(self.dir);
     }
+}
+
+/// How many times the API server called webhook `name` (its own metric), so a configuration's
+/// figure is known to include the webhook.
+async fn api_server_calls(ns: &TestNs, name: &str) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = ns.client.request_text(request).await.unwrap();
+    metric_sum(
+        &text,
+        "apiserver_admission_webhook_admission_duration_seconds_count",
+        &[("name", name), ("type", "admit")],
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -284,6 +276,15 @@ enum Config {
 }
 
 impl Config {
+    /// The name of the webhook the API server calls in this configuration.
+    fn webhook(self) -> Option<&'static str> {
+        match self {
+            Self::NoWebhook => None,
+            Self::AllowOnly => Some("allow-only.bench.wif.test"),
+            Self::Http1 | Self::Http2 => Some("mutation.wif.azure.workload.identity"),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::NoWebhook => "no_webhook",
@@ -356,6 +357,10 @@ async fn run(config: Config, args: &Args) -> Value {
             }
         })
     });
+    let calls_before = match config.webhook() {
+        Some(name) => api_server_calls(&ns, name).await,
+        None => 0.0,
+    };
     let started = Instant::now();
     let (mut latencies, failures) = create_pods(&ns, "pod", args.pods, args.clients).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -409,8 +414,17 @@ async fn run(config: Config, args: &Args) -> Value {
             "peak_rss_mib": round3(proc_status_kib(pid, "VmHWM:") as f64 / 1024.0),
         });
     }
+    if let Some(name) = config.webhook() {
+        let calls = api_server_calls(&ns, name).await - calls_before;
+        out["api_server_webhook_calls"] = json!(calls);
+        assert!(
+            calls >= args.pods as f64,
+            "{}: the API server called {name} {calls} times for {} pods",
+            config.name(),
+            args.pods
+        );
+    }
     if let Some(a) = allow_only {
-        out["served"] = json!(a.served.load(Ordering::Relaxed));
         a.stop(&ns).await;
     }
     eprintln!("bench: {}: {}", config.name(), out);

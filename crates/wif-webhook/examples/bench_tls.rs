@@ -10,6 +10,10 @@
 //!   the same bytes); without it, a bare `allowed: true`;
 //! - `bench_tls scan ADDR DIR ANSWER`: the same, but each body is also read through
 //!   `serde_json` (skipping every value): the floor of any webhook that reads the review at all.
+//! - `bench_tls allow ADDR DIR`: a webhook that does nothing, over HTTP/1.1 only: each review is
+//!   read through `serde_json` and allowed unchanged, answering its `uid` (which the API server
+//!   checks). `make bench-burst` registers it with the API server to measure what calling any
+//!   webhook costs there.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -20,6 +24,28 @@ use wif_webhook::{
     server::{self, Limits},
     tls::CertStore,
 };
+
+/// The one field of a review a do-nothing webhook needs; the rest is parsed and skipped.
+#[derive(serde::Deserialize)]
+struct Review {
+    request: ReviewRequest,
+}
+
+#[derive(serde::Deserialize)]
+struct ReviewRequest {
+    uid: String,
+}
+
+/// `allowed: true` for the review in `body`, unchanged.
+fn allow(body: &[u8]) -> Option<Vec<u8>> {
+    let review: Review = serde_json::from_slice(body).ok()?;
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": review.request.uid, "allowed": true},
+    }))
+    .ok()
+}
 
 const FIXED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","allowed":true}}"#;
 
@@ -46,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(dir.join("tls.key"), leaf.key_pem)?;
             Ok(())
         }
-        Some(mode @ ("bare" | "scan")) => {
+        Some(mode @ ("bare" | "scan" | "allow")) => {
             let addr: SocketAddr = args.get(2).ok_or("usage: bench_tls bare ADDR DIR")?.parse()?;
             let dir = PathBuf::from(args.get(3).ok_or("usage: bench_tls bare ADDR DIR")?);
             let answer = match args.get(4) {
@@ -55,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let max = Limits::default().max_body_bytes;
             let scan = mode == "scan";
+            let echo_uid = mode == "allow";
             let store = CertStore::new();
             store.set_pem(
                 &std::fs::read(dir.join("tls.crt"))?,
@@ -67,6 +94,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let answer = answer.clone();
                     async move {
                         match axum::body::to_bytes(body, max).await {
+                            Ok(body) if echo_uid => match allow(&body) {
+                                Some(answer) => {
+                                    ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
+                                }
+                                None => axum::http::StatusCode::BAD_REQUEST.into_response(),
+                            },
                             Ok(body) => {
                                 if scan && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
                                     return axum::http::StatusCode::BAD_REQUEST.into_response();
@@ -87,9 +120,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _ = tokio::signal::ctrl_c().await;
                 signal.cancel();
             });
-            server::serve_tls(listener, store, router, Limits::default(), stop).await;
+            let limits = Limits {
+                http2: !echo_uid,
+                ..Limits::default()
+            };
+            server::serve_tls(listener, store, router, limits, stop).await;
             Ok(())
         }
-        _ => Err("usage: bench_tls certs DIR | bench_tls bare|scan ADDR DIR [ANSWER]".into()),
+        _ => Err("usage: bench_tls certs DIR | bench_tls bare|scan|allow ADDR DIR [ANSWER]".into()),
     }
 }
