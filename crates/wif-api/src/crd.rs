@@ -249,6 +249,10 @@ pub struct PlacementStatus {
     /// Tenant of the previous identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_tenant_id: Option<String>,
+    /// Client id of the previous identity: pods started before the ServiceAccount switched carry
+    /// it in `AZURE_CLIENT_ID`, and the previous credential is kept while any of them runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_client_id: Option<String>,
 }
 
 /// A federated identity credential, as Entra holds it.

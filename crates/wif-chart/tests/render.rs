@@ -246,6 +246,26 @@ fn chart_lints_and_renders_with_every_value_set() {
         assert!(ports.iter().any(|p| p["name"] == "metrics"), "{svc}: {ports:?}");
     }
 
+    // Pool bindings that move list their namespace's pods (the previous credential stays while
+    // a pod still uses its client id), with or without the unmutated-pod reconciler.
+    let pod_verbs = |objs: &[serde_json::Value]| {
+        let role = find(objs, "ClusterRole", "wif-controller");
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"] == serde_json::json!(["pods"]))
+            .map(|r| r["verbs"].clone())
+    };
+    assert_eq!(
+        pod_verbs(&render(&helm, &[])),
+        Some(serde_json::json!(["get", "list", "watch"]))
+    );
+    assert_eq!(
+        pod_verbs(&render(&helm, &["controller.unmutatedPods=false"])),
+        Some(serde_json::json!(["list"]))
+    );
+
     // One replica: no PodDisruptionBudget (it would block every drain). Controller off: none of it.
     let objs = helm.template(
         "wif",

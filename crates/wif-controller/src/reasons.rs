@@ -75,6 +75,9 @@ reasons! {
     InSync,
     /// One credential serves the bindings of one ServiceAccount and audience.
     Shared,
+    /// The credential is in place; the one on the identity the binding moved away from is kept
+    /// while pods started before the move still present that identity's client id.
+    PreviousKept,
     /// Another credential holds the name, or the issuer and subject.
     Conflict,
     /// The identity holds the maximum number of credentials.

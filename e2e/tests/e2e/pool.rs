@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdentityPool};
 use wif_controller::naming;
 use wif_e2e::{
-    TestNs,
+    TestNs, WebhookOptions, WebhookProcess,
     controller::{
         ControllerEnv, ControllerOptions, ControllerProcess, TENANT, binding, cluster_id, condition,
         eventually, is_ready,
@@ -501,6 +501,111 @@ async fn an_identity_removed_from_the_pool_moves_its_bindings_without_a_failed_e
         assert_eq!(w.exchange(sa, &client_id).await.unwrap(), client_id);
     }
     assert_capacity(&w.usage().await, 20);
+}
+
+/// A pod of ServiceAccount `sa` labelled for the webhook, held unscheduled by a scheduling gate:
+/// an API object only, which no node runs.
+fn held_pod(name: &str, sa: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {wif_api::USE_LABEL: wif_api::USE_LABEL_VALUE}},
+        "spec": {
+            "serviceAccountName": sa,
+            "schedulingGates": [{"name": "wif.e2e/never"}],
+            "containers": [{"name": "app", "image": "busybox"}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The `AZURE_CLIENT_ID` values of a stored pod's containers.
+fn client_ids(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .filter(|e| e.name == "AZURE_CLIENT_ID")
+        .filter_map(|e| e.value.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane"]
+async fn a_moved_binding_keeps_the_old_credential_while_a_pod_still_uses_the_old_client_id() {
+    let w = world("pool-hold", &[POOL_A], 20).await;
+    let _hook = WebhookProcess::start(&w.ns, WebhookOptions::default()).await;
+    let ctl = ControllerProcess::start(&w.ns, &w.env, &ControllerOptions::default()).await;
+    w.bind("held").await;
+    let ready = w.all_ready(&["held".to_owned()]).await;
+    assert_eq!(
+        ready[0].status.as_ref().unwrap().client_id.as_deref(),
+        Some(POOL_A)
+    );
+    // Admitted while the ServiceAccount names A: the webhook writes A's client id into it.
+    let pods = w.ns.api::<Pod>();
+    let pod = pods
+        .create(&PostParams::default(), &held_pod("held-0", "held"))
+        .await
+        .expect("create pod");
+    assert_eq!(client_ids(&pod), [POOL_A], "mutated by the webhook");
+
+    // A leaves, B joins: the binding moves and the ServiceAccount switches, but A's credential
+    // stays while the pod runs with A's client id.
+    w.pool.set_identities(&[POOL_B]).await;
+    let moved = eventually("the binding moved, the old credential kept", T, || async {
+        let b = w.bindings().get("held").await.ok()?;
+        let kept = condition(&b, "CredentialSynced").is_some_and(|(_, r, _)| r == "PreviousKept");
+        (is_ready(&b) && kept && b.status.as_ref()?.client_id.as_deref() == Some(POOL_B)).then_some(b)
+    })
+    .await;
+    let (_, _, message) = condition(&moved, "CredentialSynced").unwrap();
+    assert!(
+        message.contains(&format!(
+            "1 pod(s) still use client id {POOL_A} ({}/held-0)",
+            w.ns.name
+        )),
+        "{message}"
+    );
+    let placement = moved.status.as_ref().unwrap().placement.clone().unwrap();
+    assert_eq!(placement.previous_client_id.as_deref(), Some(POOL_A));
+    assert_eq!(w.client_id_annotation("held").await.as_deref(), Some(POOL_B));
+    // Both identities exchange the ServiceAccount's tokens: the old pod and new ones authenticate.
+    assert_eq!(
+        w.exchange("held", POOL_A).await.unwrap(),
+        POOL_A,
+        "{}",
+        ctl.logs()
+    );
+    assert_eq!(w.exchange("held", POOL_B).await.unwrap(), POOL_B);
+    // Looked at again (every 10 s) while the pod is there: still kept, reported once.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(w.env.app_credentials(POOL_A).await.len(), 1, "{}", ctl.logs());
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(w.ns.client.clone(), &w.ns.name)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let kept: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PreviousKept"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].series.is_none(), "published once: {kept:?}");
+
+    // The pod goes (unscheduled: at once): the old credential is deleted.
+    pods.delete("held-0", &DeleteParams::default()).await.unwrap();
+    eventually("the old credential deleted", Duration::from_secs(60), || async {
+        w.env.app_credentials(POOL_A).await.is_empty().then_some(())
+    })
+    .await;
+    eventually("the move over, the binding Ready", T, || async {
+        let b = w.bindings().get("held").await.ok()?;
+        let p = b.status.as_ref()?.placement.clone()?;
+        (is_ready(&b) && p.previous.is_none() && p.previous_client_id.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(w.env.app_credentials(POOL_B).await.len(), 1);
+    assert!(w.exchange("held", POOL_A).await.is_err(), "A no longer trusts it");
+    assert_eq!(w.exchange("held", POOL_B).await.unwrap(), POOL_B);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

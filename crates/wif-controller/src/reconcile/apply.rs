@@ -1,11 +1,14 @@
 //! Apply: the stages of a reconcile in order, each observing, deciding (a function of
 //! [`verdict`]) and acting, into a [`Report`] published once at the end.
 
-use kube::{ResourceExt, runtime::controller::Action};
-use wif_api::FederatedIdentityBinding;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
+use wif_api::{FederatedIdentityBinding, USE_LABEL, USE_LABEL_VALUE};
 
 use super::{
-    act, key_of, pooled,
+    act, holders, key_of, pooled,
     status::{self, Note, Report},
     target::{self, Target},
     verdict::{self, Failure, Verdict},
@@ -13,7 +16,7 @@ use super::{
 use crate::{
     Error,
     azure::CredentialSpec,
-    conditions::Check,
+    conditions::{self, Check},
     context::Context,
     directory::{ResolvedIdentity, next_resync},
     metrics::ReconcileLabels,
@@ -22,15 +25,23 @@ use crate::{
     service_account::{self, AnnotationPlan},
 };
 
+/// How soon a binding whose previous credential is kept for pods that still use it is looked at
+/// again (pods are not watched: they are listed on each look).
+const PREVIOUS_RECHECK: Duration = Duration::from_secs(10);
+
 /// Applies a binding: evaluate, publish, and requeue as the verdict says.
 pub(super) async fn apply(b: &FederatedIdentityBinding, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(b);
     let mut run = Apply::new(ctx, b);
     let verdict = run.evaluate().await;
+    let recheck = run.recheck;
     status::publish(ctx, b, run.report).await?;
     match verdict {
         Verdict::Synced { parent_key } => {
             ctx.backoff.reset(&key);
+            if let Some(after) = recheck {
+                return Ok(Action::requeue(after));
+            }
             let now = std::time::SystemTime::now();
             Ok(Action::requeue(next_resync(
                 &parent_key,
@@ -56,6 +67,9 @@ struct Apply<'a> {
     /// The credential serving the binding when it is shared (another name, another marker):
     /// what the read-back looks for instead of the desired one.
     serving: Option<CredentialSpec>,
+    /// Look again this soon even when everything is `True` (something outside the binding is
+    /// waited for).
+    recheck: Option<Duration>,
 }
 
 impl<'a> Apply<'a> {
@@ -66,6 +80,7 @@ impl<'a> Apply<'a> {
             ns: b.namespace().unwrap_or_default(),
             report: Report::new(b.status.clone().unwrap_or_default()),
             serving: None,
+            recheck: None,
         }
     }
 
@@ -158,7 +173,7 @@ impl<'a> Apply<'a> {
     }
 
     /// Moving from `previous`: the new credential must be propagated before the ServiceAccount
-    /// switches, and the old credential is deleted last.
+    /// switches, and the old credential is deleted last, once no pod presents its client id.
     async fn move_to(
         &mut self,
         resolved: &ResolvedIdentity,
@@ -197,11 +212,22 @@ impl<'a> Apply<'a> {
         if self.report.obs.service_account.state != crate::conditions::State::True {
             return;
         }
+        let previous_client_id = self
+            .report
+            .placement
+            .as_ref()
+            .and_then(|p| p.previous_client_id.clone());
+        if let Some(client_id) = previous_client_id
+            && self.previous_in_use(resolved, previous, &client_id).await
+        {
+            return;
+        }
         match act::remove_ours(self.ctx, self.b, previous, None, &mut self.report.events).await {
             Ok(_) => {
                 if let Some(p) = self.report.placement.as_mut() {
                     p.previous = None;
                     p.previous_tenant_id = None;
+                    p.previous_client_id = None;
                 }
                 self.report.events.push(Note::normal(
                     Reason::PlacementMoved,
@@ -220,6 +246,54 @@ impl<'a> Apply<'a> {
                 );
             }
         }
+    }
+
+    /// Whether pods of the binding's ServiceAccount may still present `client_id`, the previous
+    /// identity's (the webhook wrote it into their environment at admission): then its
+    /// credential stays, `CredentialSynced` says for which pods (an Event once), and the binding
+    /// is looked at again soon. The namespace's labelled pods are listed on demand, only while a
+    /// binding moves; when they cannot be listed, the credential stays too.
+    async fn previous_in_use(
+        &mut self,
+        resolved: &ResolvedIdentity,
+        previous: &crate::azure::Parent,
+        client_id: &str,
+    ) -> bool {
+        let (on, left) = (resolved.parent.display(), previous.display());
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let selector = format!("{USE_LABEL}={USE_LABEL_VALUE}");
+        let pods = match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing pods to finish a move failed");
+                self.report.obs.credential = Check::unknown(
+                    Reason::PreviousKept,
+                    format!(
+                        "the credential on {on} is in place; the one on {left} is kept: listing the pods of namespace {} \
+                         that may still use client id {client_id} failed: {e} (the controller needs list on pods)",
+                        self.ns
+                    ),
+                );
+                return true;
+            }
+        };
+        let sa = &self.b.spec.service_account_name;
+        let held = holders::holding(&pods, sa, client_id);
+        if held.is_empty() {
+            return false;
+        }
+        let message = holders::kept_message(&on, &left, client_id, &held, &self.ns);
+        let entering = conditions::find(&self.report.old.conditions, conditions::CREDENTIAL_SYNCED)
+            .is_none_or(|c| c.reason != Reason::PreviousKept.as_str());
+        if entering {
+            self.report
+                .events
+                .push(Note::normal(Reason::PreviousKept, message.clone()));
+        }
+        tracing::info!(pods = held.len(), client_id, previous = %left, "previous credential kept while pods use its client id");
+        self.report.obs.credential = Check::ok(Reason::PreviousKept, message);
+        self.recheck = Some(PREVIOUS_RECHECK);
+        true
     }
 
     fn invalid_spec(&mut self, message: String) -> Verdict {

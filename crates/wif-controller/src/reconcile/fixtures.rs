@@ -53,6 +53,8 @@ pub const SA: &str = "api";
 pub struct Call {
     pub method: String,
     pub path: String,
+    /// The query string, undecoded.
+    pub query: String,
     pub body: Value,
 }
 
@@ -63,15 +65,17 @@ impl Call {
     }
 }
 
-/// What the mocked API server holds: the binding under test and the calls made.
+/// What the mocked API server holds: the binding under test, the pods it lists and the calls
+/// made.
 #[derive(Default)]
 struct ApiState {
     binding: Value,
+    pods: Vec<Value>,
     calls: Vec<Call>,
 }
 
 /// The mocked API server: answers binding patches (finalizer, status) from the binding it keeps,
-/// and echoes ServiceAccount applies and Events.
+/// pod lists from the pods it holds, and echoes ServiceAccount applies and Events.
 #[derive(Clone, Default)]
 pub struct ApiServer(Arc<Mutex<ApiState>>);
 
@@ -90,13 +94,22 @@ impl ApiServer {
         serde_json::from_value(self.state().binding.clone()).expect("a binding")
     }
 
-    fn answer(&self, method: &str, path: &str, body: Value) -> Value {
+    /// Replaces the pods it lists.
+    pub fn set_pods(&self, pods: Vec<Value>) {
+        self.state().pods = pods;
+    }
+
+    fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> Value {
         let mut state = self.state();
         state.calls.push(Call {
             method: method.to_owned(),
             path: path.to_owned(),
+            query: query.to_owned(),
             body: body.clone(),
         });
+        if method == "GET" && path.ends_with("/pods") {
+            return json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": state.pods});
+        }
         if path.contains("/federatedidentitybindings/") {
             if path.ends_with("/status") {
                 state.binding["status"] = body["status"].clone();
@@ -116,9 +129,10 @@ impl ApiServer {
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+                let query = request.uri().query().unwrap_or_default().to_owned();
                 let bytes = request.into_body().collect_bytes().await.expect("a body");
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let answer = self.answer(&method, &path, body);
+                let answer = self.answer(&method, &path, &query, body);
                 let response = Response::builder()
                     .status(200)
                     .body(Body::from(serde_json::to_vec(&answer).expect("json")))

@@ -25,6 +25,7 @@
 mod act;
 mod apply;
 mod cleanup;
+mod holders;
 pub(crate) mod pooled;
 pub(crate) mod status;
 pub(crate) mod target;

@@ -197,3 +197,116 @@ async fn an_identity_removed_from_the_pool_moves_its_binding_then_deletes_the_ol
 async fn old_parent_display(h: &Harness) -> String {
     h.parent_of(APP).await.display()
 }
+
+/// A pod of the binding's ServiceAccount as the webhook left it: labelled, with `client_id` in
+/// `AZURE_CLIENT_ID`, in `phase`.
+fn mutated_pod(name: &str, client_id: &str, phase: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {wif_api::USE_LABEL: wif_api::USE_LABEL_VALUE}},
+        "spec": {"serviceAccountName": SA, "containers": [{"name": "app", "image": "app",
+            "env": [{"name": "AZURE_CLIENT_ID", "value": client_id}]}]},
+        "status": {"phase": phase}
+    })
+}
+
+fn kept_events(h: &Harness) -> usize {
+    h.api
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("/events") && c.body["reason"] == "PreviousKept")
+        .count()
+}
+
+#[tokio::test]
+async fn the_old_credential_stays_while_a_pod_still_presents_the_old_client_id() {
+    let mut world = pool_world(20);
+    world.pools = vec![pool("shared", &[APP], 20)];
+    let b = finalized(pool_binding("api", "shared"));
+    let mut h = Harness::start(&b, world).await;
+    reconcile(Arc::new(b), h.ctx.clone()).await.unwrap();
+    assert_eq!(h.api.binding().status.unwrap().client_id.as_deref(), Some(APP));
+    // A pod started before the move: the webhook gave it APP's client id.
+    h.api.set_pods(vec![
+        mutated_pod("api-old", APP, "Running"),
+        mutated_pod("api-done", APP, "Succeeded"),
+    ]);
+
+    // APP leaves the pool: the binding moves, the ServiceAccount switches, the old credential
+    // stays for the pod, and the binding is Ready and looked at again soon.
+    h.set_pool(pool("shared", &[APP2], 20));
+    let action = reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
+    );
+    assert_eq!(h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap().len(), 1);
+    assert_eq!(
+        h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap().len(),
+        1,
+        "kept for the pod"
+    );
+    let stored = h.api.binding();
+    assert_eq!(reason(&stored, conditions::READY), "Ready");
+    assert_eq!(reason(&stored, conditions::CREDENTIAL_SYNCED), "PreviousKept");
+    let status = stored.status.as_ref().unwrap();
+    let synced = conditions::find(&status.conditions, conditions::CREDENTIAL_SYNCED).unwrap();
+    assert!(
+        synced
+            .message
+            .contains(&format!("1 pod(s) still use client id {APP} ({NS}/api-old)")),
+        "{}",
+        synced.message
+    );
+    assert_eq!(status.client_id.as_deref(), Some(APP2));
+    let placement = status.placement.as_ref().unwrap();
+    assert_eq!(placement.identity, APP2);
+    assert!(placement.previous.is_some());
+    assert_eq!(placement.previous_client_id.as_deref(), Some(APP));
+    let calls = h.api.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.path.contains("/serviceaccounts/") && c.body.to_string().contains(APP2)),
+        "the ServiceAccount switched"
+    );
+    let listed = calls
+        .iter()
+        .find(|c| c.is("GET", &format!("/namespaces/{NS}/pods")))
+        .expect("pods listed");
+    assert!(
+        listed
+            .query
+            .contains("labelSelector=azure.workload.identity%2Fuse%3Dtrue"),
+        "{}",
+        listed.query
+    );
+    assert_eq!(kept_events(&h), 1);
+
+    // Looked at again while the pod runs: still kept, no second Event.
+    reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
+    assert_eq!(h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap().len(), 1);
+    assert_eq!(reason(&h.api.binding(), conditions::READY), "Ready");
+    assert_eq!(kept_events(&h), 1, "one Event, not one per look");
+
+    // The pod is gone: the old credential goes, and the move is over.
+    h.api.set_pods(vec![mutated_pod("api-new", APP2, "Running")]);
+    let action = reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
+    assert_ne!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
+    );
+    assert!(
+        h.ctx
+            .azure
+            .list(&h.parent_of(APP).await)
+            .await
+            .unwrap()
+            .is_empty(),
+        "deleted once no pod uses it"
+    );
+    let stored = h.api.binding();
+    assert_eq!(reason(&stored, conditions::READY), "Ready");
+    let placement = stored.status.unwrap().placement.unwrap();
+    assert!(placement.previous.is_none() && placement.previous_client_id.is_none());
+}

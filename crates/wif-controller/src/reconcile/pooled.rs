@@ -527,7 +527,7 @@ fn pool_full(name: &str, candidates: &[Candidate], capacity: u32) -> Failure {
 
 /// The placement to record on `entry`. Leaving an identity (removed from the pool, or the
 /// binding named a single identity before): its credential, as the status recorded it, is
-/// deleted only after the new one works.
+/// deleted only after the new one works and no pod presents its client id any more.
 fn new_placement(
     pool: &str,
     entry: &PoolIdentity,
@@ -540,6 +540,7 @@ fn new_placement(
         identity: entry.id().to_owned(),
         previous: recorded.and_then(|p| p.previous.clone()),
         previous_tenant_id: recorded.and_then(|p| p.previous_tenant_id.clone()),
+        previous_client_id: recorded.and_then(|p| p.previous_client_id.clone()),
     };
     if placement.previous.is_none()
         && let Some(c) = old.credential.as_ref()
@@ -547,6 +548,7 @@ fn new_placement(
     {
         placement.previous = Some(c.clone());
         placement.previous_tenant_id = old.tenant_id.clone();
+        placement.previous_client_id = old.client_id.clone();
     }
     placement
 }

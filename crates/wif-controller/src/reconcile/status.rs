@@ -85,7 +85,8 @@ impl Report {
 }
 
 /// The new status and the Events to publish: the writes, then each condition that changed
-/// (except `CredentialSynced=True` after a write, which would repeat the write's Event).
+/// (except `CredentialSynced=True` after a write, which would repeat the write's Event, and a
+/// change whose reason an Event of this reconcile already reports).
 pub(crate) fn conditions_and_notes(
     report: Report,
     generation: Option<i64>,
@@ -93,10 +94,14 @@ pub(crate) fn conditions_and_notes(
 ) -> (FederatedIdentityBindingStatus, Vec<Note>) {
     let conditions = conditions::compute(&report.old.conditions, &report.obs, generation, now);
     let wrote_credential = report.events.iter().any(|n| n.reason.is_credential_write());
+    let reported: Vec<Reason> = report.events.iter().map(|n| n.reason).collect();
     let mut notes = report.events;
     for t in conditions::transitions(&report.old.conditions, &report.obs) {
         let written = wrote_credential && t.kind == conditions::CREDENTIAL_SYNCED && t.state == State::True;
         if written || !conditions::worth_an_event(&report.old.conditions, &t) {
+            continue;
+        }
+        if reported.contains(&t.reason) {
             continue;
         }
         let kind = if t.state == State::True {
@@ -210,6 +215,21 @@ mod tests {
             "the parts on the way to Ready are conditions, not Events"
         );
         assert!(notes.iter().all(|n| n.kind == EventType::Normal));
+    }
+
+    #[test]
+    fn a_change_an_event_already_reports_is_not_repeated() {
+        let mut first = Report::new(FederatedIdentityBindingStatus::default());
+        first.obs = all_true();
+        let (status, _) = conditions_and_notes(first, Some(1), Timestamp::UNIX_EPOCH);
+        let mut kept = Report::new(status);
+        kept.obs = all_true();
+        kept.obs.credential = Check::ok(Reason::PreviousKept, "kept for pod p");
+        kept.events
+            .push(Note::normal(Reason::PreviousKept, "kept for pod p".into()));
+        let (_, notes) = conditions_and_notes(kept, Some(1), Timestamp::UNIX_EPOCH);
+        let reasons: Vec<_> = notes.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, [Reason::PreviousKept]);
     }
 
     #[test]
