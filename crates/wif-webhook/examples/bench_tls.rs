@@ -10,10 +10,11 @@
 //!   the same bytes); without it, a bare `allowed: true`;
 //! - `bench_tls scan ADDR DIR ANSWER`: the same, but each body is also read through
 //!   `serde_json` (skipping every value): the floor of any webhook that reads the review at all.
-//! - `bench_tls allow ADDR DIR`: a webhook that does nothing, over HTTP/1.1 only: each review is
-//!   read through `serde_json` and allowed unchanged, answering its `uid` (which the API server
-//!   checks). `make bench-burst` registers it with the API server to measure what calling any
-//!   webhook costs there.
+//! - `bench_tls allow ADDR DIR [PATCH]`: a webhook that decides nothing, over HTTP/1.1 only: each
+//!   review is read through `serde_json` and allowed, answering its `uid` (which the API server
+//!   checks), unchanged or with the fixed JSON patch in the file `PATCH`. `make bench-burst`
+//!   registers it with the API server to measure what calling any webhook, and applying wif's
+//!   patch, costs there.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -36,13 +37,18 @@ struct ReviewRequest {
     uid: String,
 }
 
-/// `allowed: true` for the review in `body`, unchanged.
-fn allow(body: &[u8]) -> Option<Vec<u8>> {
+/// `allowed: true` for the review in `body`, with `patch` (base64) when there is one.
+fn allow(body: &[u8], patch: Option<&str>) -> Option<Vec<u8>> {
     let review: Review = serde_json::from_slice(body).ok()?;
+    let mut response = serde_json::json!({"uid": review.request.uid, "allowed": true});
+    if let Some(patch) = patch {
+        response["patchType"] = "JSONPatch".into();
+        response["patch"] = patch.into();
+    }
     serde_json::to_vec(&serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
-        "response": {"uid": review.request.uid, "allowed": true},
+        "response": response,
     }))
     .ok()
 }
@@ -82,6 +88,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let max = Limits::default().max_body_bytes;
             let scan = mode == "scan";
             let echo_uid = mode == "allow";
+            let patch: Option<std::sync::Arc<str>> = match args.get(4) {
+                Some(file) if echo_uid => {
+                    use base64::Engine;
+                    Some(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(std::fs::read(file)?)
+                            .into(),
+                    )
+                }
+                _ => None,
+            };
             let store = CertStore::new();
             store.set_pem(
                 &std::fs::read(dir.join("tls.crt"))?,
@@ -92,9 +109,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 wif_api::MUTATE_PATH,
                 post(move |body: axum::body::Body| {
                     let answer = answer.clone();
+                    let patch = patch.clone();
                     async move {
                         match axum::body::to_bytes(body, max).await {
-                            Ok(body) if echo_uid => match allow(&body) {
+                            Ok(body) if echo_uid => match allow(&body, patch.as_deref()) {
                                 Some(answer) => {
                                     ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
                                 }
