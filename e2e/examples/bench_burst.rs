@@ -7,6 +7,7 @@
 //!   applying wif's mutation costs the API server;
 //! - wif serving HTTP/1.1 only, then HTTP/2: wif's figure minus the previous one is what wif's
 //!   own work adds.
+//!
 //! Rounds (`--rounds`, 2) run the configurations in alternating order.
 //!
 //! Reports per configuration: pod-creation latency (p50, p99, max) as the clients see it,
