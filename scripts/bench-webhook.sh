@@ -80,7 +80,9 @@ kubectl create -f "$work/sas.json" >/dev/null
 # otherwise take turns on the same core, and the figure would be the scheduler's.
 server_cpu=${BENCH_SERVER_CPU:-0}
 client_cpu=${BENCH_CLIENT_CPU:-1}
-on_server() { taskset -c "$server_cpu" "$@"; }
+# Servers are always started in the background: `exec` makes the background job the server itself,
+# so `$!` is its pid (whose RSS is read), not a shell's.
+on_server() { exec taskset -c "$server_cpu" "$@"; }
 on_client() { taskset -c "$client_cpu" "$@"; }
 logged_addr() { # log field → address once the webhook has logged it
   for _ in $(seq 1 600); do

@@ -341,6 +341,8 @@ async fn main() {
         "writesPerBinding": writes_per_binding,
         "writeAttemptsPerBinding": write_attempts / args.bindings as f64,
         "readsPerBindingToConverge": reads / args.bindings as f64,
+        "reconcilesPerBindingToConverge":
+            metric_sum(&converged, "wif_controller_reconciles_total", &[]) / args.bindings as f64,
         "steadyState": {
             "seconds": args.steady_seconds,
             "azureWrites": steady_writes,
