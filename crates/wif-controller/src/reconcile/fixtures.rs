@@ -353,6 +353,12 @@ impl Harness {
     }
 
     /// An application as a parent of credentials.
+    /// The federated credentials Entra holds on application `client_id`.
+    pub async fn credentials_on(&self, client_id: &str) -> Vec<crate::azure::FederatedCredential> {
+        let parent = self.parent_of(client_id).await;
+        self.ctx.azure.list(&parent).await.expect("Graph lists")
+    }
+
     pub async fn parent_of(&self, client_id: &str) -> Parent {
         let app = self
             .ctx

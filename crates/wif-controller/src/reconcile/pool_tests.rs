@@ -52,12 +52,8 @@ async fn a_pool_binding_lands_on_the_least_used_identity_recorded_before_the_wri
     let h = Harness::start(&b, world).await;
     reconcile(Arc::new(b), h.ctx.clone()).await.unwrap();
 
-    assert_eq!(
-        h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap().len(),
-        1,
-        "APP untouched"
-    );
-    let on_app2 = h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap();
+    assert_eq!(h.credentials_on(APP).await.len(), 1, "APP untouched");
+    let on_app2 = h.credentials_on(APP2).await;
     assert_eq!(on_app2.len(), 1);
     assert_eq!(
         on_app2[0].name,
@@ -95,9 +91,9 @@ async fn a_pool_binding_lands_on_the_least_used_identity_recorded_before_the_wri
     );
 
     // Re-evaluated: kept (sticky), nothing written.
-    let before = h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap();
+    let before = h.credentials_on(APP2).await;
     reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
-    assert_eq!(h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap(), before);
+    assert_eq!(h.credentials_on(APP2).await, before);
     assert_eq!(h.api.binding().status.unwrap().placement.unwrap().identity, APP2);
 }
 
@@ -114,7 +110,7 @@ async fn a_full_pool_says_pool_full_and_writes_nothing() {
     assert_eq!(reason(&stored, conditions::READY), "PoolFull");
     assert!(stored.status.unwrap().placement.is_none());
     for app in [APP, APP2] {
-        assert_eq!(h.ctx.azure.list(&h.parent_of(app).await).await.unwrap().len(), 1);
+        assert_eq!(h.credentials_on(app).await.len(), 1);
     }
 }
 
@@ -132,16 +128,8 @@ async fn a_credential_of_ours_left_by_a_crash_is_adopted_not_duplicated() {
     let b = finalized(pool_binding("api", "shared"));
     let h = Harness::start(&b, world).await;
     reconcile(Arc::new(b), h.ctx.clone()).await.unwrap();
-    assert!(
-        h.ctx
-            .azure
-            .list(&h.parent_of(APP).await)
-            .await
-            .unwrap()
-            .is_empty(),
-        "no duplicate"
-    );
-    assert_eq!(h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap().len(), 1);
+    assert!(h.credentials_on(APP).await.is_empty(), "no duplicate");
+    assert_eq!(h.credentials_on(APP2).await.len(), 1);
     let status = h.api.binding().status.unwrap();
     assert_eq!(status.placement.unwrap().identity, APP2);
 }
@@ -155,22 +143,17 @@ async fn an_identity_removed_from_the_pool_moves_its_binding_then_deletes_the_ol
     reconcile(Arc::new(b), h.ctx.clone()).await.unwrap();
     assert_eq!(h.api.binding().status.unwrap().client_id.as_deref(), Some(APP));
 
-    let old = h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap();
+    let old = h.credentials_on(APP).await;
     assert_eq!(old.len(), 1);
 
     // APP leaves the pool, APP2 joins.
     let mut h = h;
     h.set_pool(pool("shared", &[APP2], 20));
     reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
-    let new = h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap();
+    let new = h.credentials_on(APP2).await;
     assert_eq!(new.len(), 1, "the new credential");
     assert!(
-        h.ctx
-            .azure
-            .list(&h.parent_of(APP).await)
-            .await
-            .unwrap()
-            .is_empty(),
+        h.credentials_on(APP).await.is_empty(),
         "the old one is deleted once the new one is propagated"
     );
     let stored = h.api.binding();
@@ -240,12 +223,8 @@ async fn the_old_credential_stays_while_a_pod_still_presents_the_old_client_id()
         action,
         kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
     );
-    assert_eq!(h.ctx.azure.list(&h.parent_of(APP2).await).await.unwrap().len(), 1);
-    assert_eq!(
-        h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap().len(),
-        1,
-        "kept for the pod"
-    );
+    assert_eq!(h.credentials_on(APP2).await.len(), 1);
+    assert_eq!(h.credentials_on(APP).await.len(), 1, "kept for the pod");
     let stored = h.api.binding();
     assert_eq!(reason(&stored, conditions::READY), "Ready");
     assert_eq!(reason(&stored, conditions::CREDENTIAL_SYNCED), "PreviousKept");
@@ -285,7 +264,7 @@ async fn the_old_credential_stays_while_a_pod_still_presents_the_old_client_id()
 
     // Looked at again while the pod runs: still kept, no second Event.
     reconcile(Arc::new(h.api.binding()), h.ctx.clone()).await.unwrap();
-    assert_eq!(h.ctx.azure.list(&h.parent_of(APP).await).await.unwrap().len(), 1);
+    assert_eq!(h.credentials_on(APP).await.len(), 1);
     assert_eq!(reason(&h.api.binding(), conditions::READY), "Ready");
     assert_eq!(kept_events(&h), 1, "one Event, not one per look");
 
@@ -297,12 +276,7 @@ async fn the_old_credential_stays_while_a_pod_still_presents_the_old_client_id()
         kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(10))
     );
     assert!(
-        h.ctx
-            .azure
-            .list(&h.parent_of(APP).await)
-            .await
-            .unwrap()
-            .is_empty(),
+        h.credentials_on(APP).await.is_empty(),
         "deleted once no pod uses it"
     );
     let stored = h.api.binding();
