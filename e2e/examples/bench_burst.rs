@@ -351,6 +351,12 @@ fn wif_patch(dir: &std::path::Path) -> PathBuf {
     file
 }
 
+/// `text` with this checkout's absolute path removed, so the report names paths in the repository.
+fn repo_relative(text: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    text.replace(&format!("{}/", root.display()), "")
+}
+
 async fn run(config: Config, args: &Args, round: usize, patch: &std::path::Path) -> (Value, Vec<f64>) {
     let ns = TestNs::new(&format!("burst-{}-{round}", config.name().replace('_', "-"))).await;
     ns.service_account("api", &[("azure.workload.identity/client-id", CLIENT_ID)])
@@ -564,8 +570,8 @@ async fn main() {
     let report = json!({
         "benchmark": "pod-creation burst through kube-apiserver: no webhook, a do-nothing webhook, a webhook answering wif's patch, wif over HTTP/1.1, wif over HTTP/2",
         "rounds": args.rounds,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "wif_bin": wif_e2e::wif_bin().display().to_string(),
+        "command": repo_relative(&std::env::args().collect::<Vec<_>>().join(" ")),
+        "wif_bin": repo_relative(&wif_e2e::wif_bin().display().to_string()),
         "build": if wif_e2e::wif_bin().display().to_string().contains("/debug/") {
             "debug: figures of latency and CPU are pessimistic; use `make` (release)"
         } else {

@@ -502,3 +502,12 @@ pub fn service_account(ns: &str, name: &str) -> PartialObjectMeta<ServiceAccount
     }))
     .expect("a ServiceAccount")
 }
+
+/// The reason of condition `kind` in the binding's status.
+pub fn reason(b: &FederatedIdentityBinding, kind: &str) -> String {
+    let status = b.status.as_ref().expect("a status");
+    crate::conditions::find(&status.conditions, kind)
+        .expect("the condition")
+        .reason
+        .clone()
+}

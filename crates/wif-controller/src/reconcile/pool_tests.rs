@@ -26,14 +26,6 @@ fn pool_world(capacity: u32) -> World {
     }
 }
 
-fn reason(b: &wif_api::FederatedIdentityBinding, kind: &str) -> String {
-    let status = b.status.as_ref().expect("a status");
-    conditions::find(&status.conditions, kind)
-        .expect("the condition")
-        .reason
-        .clone()
-}
-
 fn degraded_reason(e: &Error) -> Option<Reason> {
     match e {
         Error::Finalizer(inner) => match inner.as_ref() {

@@ -20,14 +20,6 @@ fn created_by(name: &str) -> CredentialSeed {
     }
 }
 
-fn reason(b: &wif_api::FederatedIdentityBinding, kind: &str) -> String {
-    let status = b.status.as_ref().expect("a status");
-    conditions::find(&status.conditions, kind)
-        .expect("the condition")
-        .reason
-        .clone()
-}
-
 #[tokio::test]
 async fn a_second_binding_of_the_service_account_shares_the_first_ones_credential() {
     let first = finalized(binding("first", APP));
