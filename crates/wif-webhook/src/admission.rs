@@ -424,7 +424,37 @@ fn non_empty(warnings: Vec<String>) -> Option<Vec<String>> {
 /// Axum handler body: reads at most `limit` bytes and answers.
 pub async fn handle(state: &AdmissionState, body: Bytes) -> Response {
     match review(state, &body).await {
-        Ok(review) => axum::Json(review).into_response(),
+        Ok(answer) => answer.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        // Sized for the patch at once (axum's `Json` starts at 128 bytes and copies as it grows).
+        let decision = &self.response;
+        let size = 256
+            + decision.patch.as_ref().map_or(0, |p| p.get().len())
+            + decision
+                .warnings
+                .iter()
+                .flatten()
+                .map(|w| w.len() + 8)
+                .sum::<usize>();
+        let mut body = Vec::with_capacity(size);
+        match serde_json::to_writer(&mut body, &self) {
+            Ok(()) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(error) => {
+                tracing::error!(%error, "failed to encode the answer");
+                (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+            }
+        }
     }
 }

@@ -125,12 +125,8 @@ pub async fn run(cfg: WebhookConfig, client: kube::Client, stop: CancellationTok
         server::admin_router(registry, ready, before_scrape),
         stop.clone(),
     ));
-    let router = server::shed_load(
-        server::admission_router(state, &limits)
-            .merge(crate::validate::router(validation, limits.max_body_bytes)),
-        &limits,
-        conn_metrics.clone(),
-    );
+    let router = server::admission_router(state, &limits)
+        .merge(crate::validate::router(validation, limits.max_body_bytes));
     tracing::info!(
         http2 = limits.http2,
         h2_max_concurrent_streams = limits.h2_max_concurrent_streams,

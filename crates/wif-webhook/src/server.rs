@@ -17,7 +17,6 @@ use axum::{
     body::Body,
     extract::{DefaultBodyLimit, State},
     http::{Request, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -140,58 +139,65 @@ pub fn admission_router(state: AdmissionState, limits: &Limits) -> Router {
         .with_state(state)
 }
 
-#[derive(Clone)]
+/// At most `max` admission requests handled at once, as many again waiting for a slot.
 struct Shedder {
     slots: Arc<Semaphore>,
     max: usize,
     /// Requests waiting for a slot now; at `max` (as many as there are slots) more are shed at
     /// once, so a burst costs a few bytes per extra stream rather than a waiting task each.
-    waiting: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
     queue_timeout: Duration,
+}
+
+/// A request's slot; the in-flight gauge counts it until dropped.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
     metrics: Arc<ConnMetrics>,
 }
 
-/// Wraps `router` so that at most `limits.max_in_flight` requests are handled at once and as many
-/// again wait for a slot. A request that finds the queue full, or no slot within
-/// `limits.queue_timeout`, is answered with 429, a
-/// `Retry-After` and a Kubernetes `Status` saying the webhook is overloaded: the API server's
-/// client retries it after that delay, and if it still cannot get through the user reads that
-/// message instead of a timeout. A waiting request has not read its body, so waiting costs no
-/// more than HTTP/2's flow-control window.
-pub fn shed_load(router: Router, limits: &Limits, metrics: Arc<ConnMetrics>) -> Router {
-    let shedder = Shedder {
-        slots: Arc::new(Semaphore::new(limits.max_in_flight)),
-        max: limits.max_in_flight,
-        waiting: Arc::default(),
-        queue_timeout: limits.queue_timeout,
-        metrics,
-    };
-    router.layer(axum::middleware::from_fn_with_state(shedder, shed))
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+    }
 }
 
-async fn shed(State(s): State<Shedder>, req: Request<Body>, next: Next) -> Response {
-    let slot = match s.slots.clone().try_acquire_owned() {
-        Ok(slot) => Some(slot),
-        Err(_) if s.waiting.fetch_add(1, Ordering::AcqRel) >= s.max => {
-            s.waiting.fetch_sub(1, Ordering::AcqRel);
-            None
+impl Shedder {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_in_flight)),
+            max: limits.max_in_flight,
+            waiting: AtomicUsize::new(0),
+            queue_timeout: limits.queue_timeout,
         }
-        Err(_) => {
-            let slot = tokio::time::timeout(s.queue_timeout, s.slots.clone().acquire_owned()).await;
-            s.waiting.fetch_sub(1, Ordering::AcqRel);
-            slot.ok().and_then(Result::ok)
-        }
-    };
-    let Some(slot) = slot else {
-        s.metrics.shed.inc();
-        tracing::debug!(max_in_flight = s.max, queue_timeout = ?s.queue_timeout, "overloaded: admission request shed");
-        return overloaded(s.max, s.queue_timeout);
-    };
-    s.metrics.in_flight.inc();
-    let response = next.run(req).await;
-    s.metrics.in_flight.dec();
-    drop(slot);
-    response
+    }
+
+    /// A slot for one request, or the 429 answer when none frees up in time. A waiting request
+    /// has not read its body, so waiting costs no more than HTTP/2's flow-control window.
+    async fn admit(&self, metrics: &Arc<ConnMetrics>) -> Result<Slot, Response> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+            Err(_) => {
+                let permit =
+                    tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                permit.ok().and_then(Result::ok)
+            }
+        };
+        let Some(permit) = permit else {
+            metrics.shed.inc();
+            tracing::debug!(max_in_flight = self.max, queue_timeout = ?self.queue_timeout, "overloaded: admission request shed");
+            return Err(overloaded(self.max, self.queue_timeout));
+        };
+        metrics.in_flight.inc();
+        Ok(Slot {
+            _permit: permit,
+            metrics: metrics.clone(),
+        })
+    }
 }
 
 /// The answer to a shed request: a `Status` the API server's client reads as the error.
@@ -218,6 +224,13 @@ pub fn overloaded(max: usize, waited: Duration) -> Response {
 
 /// Serves `router` over TLS on `listener` until `stop`, then stops accepting and waits up to
 /// `limits.drain_timeout` for in-flight requests. Connection metrics are not registered.
+///
+/// At most `limits.max_in_flight` requests are handled at once and as many again wait for a
+/// slot. A request that finds the queue full, or no slot within `limits.queue_timeout`, is
+/// answered with 429, a `Retry-After` and a Kubernetes `Status` saying the webhook is
+/// overloaded: the API server's client retries it after that delay, and if it still cannot get
+/// through the user reads that message instead of a timeout. The check runs in the connection's
+/// own service, before routing: a middleware layer cost a few microseconds per review.
 pub async fn serve_tls(
     listener: TcpListener,
     certs: Arc<CertStore>,
@@ -282,6 +295,7 @@ pub async fn serve_tls_metered(
         acceptor: TlsAcceptor::from(certs.server_config(limits.http2)),
         router,
         builders: Builders::new(&limits),
+        shedder: Arc::new(Shedder::new(&limits)),
         metrics,
         stop: stop.clone(),
         handshake_timeout: limits.handshake_timeout,
@@ -328,6 +342,7 @@ struct Conn {
     acceptor: TlsAcceptor,
     router: Router,
     builders: Builders,
+    shedder: Arc<Shedder>,
     metrics: Arc<ConnMetrics>,
     stop: CancellationToken,
     handshake_timeout: Duration,
@@ -351,14 +366,20 @@ impl Conn {
         let service = {
             let activity = activity.clone();
             let router = self.router.clone();
+            let (shedder, metrics) = (self.shedder.clone(), self.metrics.clone());
             // HTTP/1.1 after stop: every response ends its connection (see `drive`).
             let stop = (protocol != Protocol::H2).then(|| self.stop.clone());
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let guard = activity.begin();
                 let call = router.clone().oneshot(req.map(Body::new));
-                let stop = stop.clone();
+                let (stop, shedder, metrics) = (stop.clone(), shedder.clone(), metrics.clone());
                 async move {
+                    let slot = match shedder.admit(&metrics).await {
+                        Ok(slot) => slot,
+                        Err(overloaded) => return Ok(overloaded),
+                    };
                     let mut response = call.await;
+                    drop(slot);
                     if stop.is_some_and(|s| s.is_cancelled())
                         && let Ok(response) = response.as_mut()
                     {

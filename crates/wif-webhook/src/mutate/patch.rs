@@ -28,8 +28,8 @@ impl Mutation {
                     mount,
                     create,
                 } => {
-                    let path = format!("/spec/{}/{index}/volumeMounts", kind.field());
-                    add(&mut ops, &path, *create, &[mounts.get(mount)?])?;
+                    let path = ContainerList(*kind, *index, "volumeMounts");
+                    add(&mut ops, path, *create, &[mounts.get(mount)?])?;
                 }
                 Edit::AddEnv {
                     kind,
@@ -37,12 +37,11 @@ impl Mutation {
                     vars: list,
                     create,
                 } => {
-                    let path = format!("/spec/{}/{index}/env", kind.field());
                     for var in list {
                         vars.get(var)?;
                     }
                     let encoded: Vec<&RawValue> = list.iter().filter_map(|v| vars.find(v)).collect();
-                    add(&mut ops, &path, *create, &encoded)?;
+                    add(&mut ops, ContainerList(*kind, *index, "env"), *create, &encoded)?;
                 }
             }
         }
@@ -94,10 +93,35 @@ fn container_mut(spec: &mut PodSpec, kind: ContainerKind, index: usize) -> Optio
 
 /// One `add` operation of the patch.
 #[derive(serde::Serialize)]
-struct Add<'a, T: serde::Serialize + ?Sized> {
+struct Add<'a, P: std::fmt::Display, T: serde::Serialize + ?Sized> {
     op: &'static str,
-    path: &'a str,
+    #[serde(serialize_with = "display")]
+    path: P,
     value: &'a T,
+}
+
+/// A path written straight into the patch: no string is built for it.
+fn display<S: Serializer>(path: &impl std::fmt::Display, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(path)
+}
+
+/// `/spec/<list>/<index>/<field>`: a field of one container.
+#[derive(Clone, Copy)]
+struct ContainerList(ContainerKind, usize, &'static str);
+
+impl std::fmt::Display for ContainerList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/spec/{}/{}/{}", self.0.field(), self.1, self.2)
+    }
+}
+
+/// `<list>/-`: the end of a list, where an item is appended.
+struct End<P>(P);
+
+impl<P: std::fmt::Display> std::fmt::Display for End<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/-", self.0)
+    }
 }
 
 /// Values already encoded for this patch.
@@ -130,7 +154,12 @@ impl<'a, T: serde::Serialize + PartialEq> Encoded<'a, T> {
 
 /// Appends `items` to the list at `path`: the whole list at once when it does not exist yet
 /// (`create`), else one operation per item at `path/-`.
-fn add<S: SerializeSeq>(ops: &mut S, path: &str, create: bool, items: &[&RawValue]) -> Result<(), S::Error> {
+fn add<S: SerializeSeq, P: std::fmt::Display + Copy>(
+    ops: &mut S,
+    path: P,
+    create: bool,
+    items: &[&RawValue],
+) -> Result<(), S::Error> {
     if create {
         return ops.serialize_element(&Add {
             op: "add",
@@ -138,11 +167,10 @@ fn add<S: SerializeSeq>(ops: &mut S, path: &str, create: bool, items: &[&RawValu
             value: items,
         });
     }
-    let path = format!("{path}/-");
     for item in items {
         ops.serialize_element(&Add {
             op: "add",
-            path: &path,
+            path: End(path),
             value: item,
         })?;
     }

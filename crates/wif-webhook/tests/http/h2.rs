@@ -35,7 +35,6 @@ async fn serve_metered(
     let mut registry = Registry::default();
     let metrics = Arc::new(wif_webhook::metrics::ConnMetrics::new(&mut registry));
     let router = router.unwrap_or_else(|| server::admission_router(state().0, &limits));
-    let router = server::shed_load(router, &limits, metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server::serve_tls_metered(
