@@ -23,6 +23,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdenti
 
 use crate::{
     azure::Azure,
+    binding_index::BindingIndex,
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
     events::Recorder,
@@ -141,10 +142,17 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     // Cached without managedFields: nothing reads them, and at 10,000 bindings their decoded
     // JSON trees were most of the controller's memory.
     let (bindings, binding_writer) = reflector::store();
+    // The ServiceAccount and namespace triggers look their bindings up here instead of
+    // scanning the cache per event.
+    let index = Arc::new(Mutex::new(BindingIndex::default()));
     let binding_events = watcher(bindings_api, watcher::Config::default())
         .default_backoff()
         .modify(|b| b.managed_fields_mut().clear())
         .reflect(binding_writer)
+        .inspect_ok({
+            let index = index.clone();
+            move |event| lock(&index).apply(event)
+        })
         .applied_objects();
     let controller = Controller::for_stream(binding_events, bindings.clone());
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
@@ -172,7 +180,7 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         policies: objects(policy_events),
         namespaces: objects(ns_events),
     };
-    let binding_run = run_bindings(controller, triggers, shared.concurrency, ctx, stop);
+    let binding_run = run_bindings(controller, triggers, index, shared.concurrency, ctx, stop);
     futures::join!(binding_run, pool_run);
     shared.synced.store(false, Ordering::Release);
     tracing::info!("controller stopped");
@@ -190,6 +198,7 @@ struct Triggers<S, P, N> {
 async fn run_bindings<S, P, N>(
     controller: Controller<FederatedIdentityBinding>,
     triggers: Triggers<S, P, N>,
+    index: Arc<Mutex<BindingIndex>>,
     concurrency: u16,
     ctx: Arc<Context>,
     stop: CancellationToken,
@@ -209,9 +218,9 @@ async fn run_bindings<S, P, N>(
         move |pool: FederatedIdentityPool| crate::pool::waiting_bindings(&store.state(), &pool)
     };
     controller
-        .watches_stream(triggers.service_accounts, by_service_account(bindings.clone()))
-        .watches_stream(triggers.policies, every_binding(bindings.clone()))
-        .watches_stream(triggers.namespaces, by_namespace(bindings))
+        .watches_stream(triggers.service_accounts, by_service_account(index.clone()))
+        .watches_stream(triggers.policies, every_binding(bindings))
+        .watches_stream(triggers.namespaces, by_namespace(index))
         .watches_stream(objects(pool_events), by_pool)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
@@ -271,19 +280,15 @@ fn context(shared: &Shared, client: Client, stores: Stores, leadership: Leadersh
     })
 }
 
+fn lock(index: &Mutex<BindingIndex>) -> std::sync::MutexGuard<'_, BindingIndex> {
+    index.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The bindings of a ServiceAccount.
 fn by_service_account(
-    store: Store<FederatedIdentityBinding>,
+    index: Arc<Mutex<BindingIndex>>,
 ) -> impl Fn(PartialObjectMeta<ServiceAccount>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |sa| {
-        let (ns, name) = (sa.namespace(), sa.name_any());
-        store
-            .state()
-            .iter()
-            .filter(|b| b.namespace() == ns && b.spec.service_account_name == name)
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
-    }
+    move |sa| lock(&index).of_service_account(&sa.namespace().unwrap_or_default(), &sa.name_any())
 }
 
 /// Every binding (a policy may grant or refuse any of them).
@@ -301,15 +306,7 @@ fn every_binding(
 
 /// The bindings of a namespace (its labels decide which policies apply).
 fn by_namespace(
-    store: Store<FederatedIdentityBinding>,
+    index: Arc<Mutex<BindingIndex>>,
 ) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |ns| {
-        let name = ns.name_any();
-        store
-            .state()
-            .iter()
-            .filter(|b| b.namespace().as_deref() == Some(name.as_str()))
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
-    }
+    move |ns| lock(&index).of_namespace(&ns.name_any())
 }
