@@ -83,7 +83,7 @@ async fn chart_rbac_lets_the_controller_make_a_binding_ready() {
             "spec": {"serviceAccountName": "api", "identity": {"application": {"clientId": CLIENT}}}})
         .to_string(),
     );
-    let binding_yaml = || {
+    let binding = |output: &str| {
         kubectl(
             &app,
             &[
@@ -93,24 +93,12 @@ async fn chart_rbac_lets_the_controller_make_a_binding_ready() {
                 "federatedidentitybinding",
                 "api",
                 "-o",
-                "yaml",
+                output,
             ],
         )
     };
-    let ready = || {
-        kubectl(
-            &app,
-            &[
-                "get",
-                "-n",
-                &app.name,
-                "federatedidentitybinding",
-                "api",
-                "-o",
-                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
-            ],
-        ) == "True"
-    };
+    let binding_yaml = || binding("yaml");
+    let ready = || binding(r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#) == "True";
     assert!(
         within_30s(ready).await,
         "binding not Ready:\n{}\n{}",
