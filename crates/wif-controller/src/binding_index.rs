@@ -3,7 +3,10 @@
 //! 10,000 bindings, the first lists of ServiceAccounts and namespaces made 10,000 x 10,000
 //! comparisons, and a clone of the whole cache per event).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use kube::{
     ResourceExt,
@@ -121,6 +124,47 @@ impl BindingIndex {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.current.namespaces.values().map(|n| n.account_of.len()).sum()
+    }
+}
+
+/// One [`BindingIndex`] for the binding stream that feeds it and the triggers and reconciles
+/// that read it.
+#[derive(Clone, Debug, Default)]
+pub struct SharedBindingIndex(Arc<Mutex<BindingIndex>>);
+
+impl SharedBindingIndex {
+    /// An index of `bindings`, as after their initial list.
+    pub fn of(bindings: impl IntoIterator<Item = FederatedIdentityBinding>) -> Self {
+        let index = Self::default();
+        index.apply(&watcher::Event::Init);
+        for b in bindings {
+            index.apply(&watcher::Event::InitApply(b));
+        }
+        index.apply(&watcher::Event::InitDone);
+        index
+    }
+
+    /// Applies one watch event.
+    pub fn apply(&self, event: &watcher::Event<FederatedIdentityBinding>) {
+        self.lock().apply(event);
+    }
+
+    /// See [`BindingIndex::of_service_account`].
+    pub fn of_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+        self.lock().of_service_account(namespace, name)
+    }
+
+    /// See [`BindingIndex::of_namespace`].
+    pub fn of_namespace(&self, namespace: &str) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+        self.lock().of_namespace(namespace)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BindingIndex> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -23,7 +23,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdenti
 
 use crate::{
     azure::Azure,
-    binding_index::BindingIndex,
+    binding_index::SharedBindingIndex,
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
     events::Recorder,
@@ -142,22 +142,23 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     // Cached without managedFields: nothing reads them, and at 10,000 bindings their decoded
     // JSON trees were most of the controller's memory.
     let (bindings, binding_writer) = reflector::store();
-    // The ServiceAccount and namespace triggers look their bindings up here instead of
-    // scanning the cache per event.
-    let index = Arc::new(Mutex::new(BindingIndex::default()));
+    // The ServiceAccount and namespace triggers, and reconciles looking for the other bindings
+    // of a ServiceAccount, look them up here instead of scanning the cache.
+    let binding_index = SharedBindingIndex::default();
     let binding_events = watcher(bindings_api, watcher::Config::default())
         .default_backoff()
         .modify(|b| b.managed_fields_mut().clear())
         .reflect(binding_writer)
         .inspect_ok({
-            let index = index.clone();
-            move |event| lock(&index).apply(event)
+            let index = binding_index.clone();
+            move |event| index.apply(event)
         })
         .applied_objects();
     let controller = Controller::for_stream(binding_events, bindings.clone());
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
     let stores = Stores {
         bindings,
+        binding_index,
         policies,
         pools: pools.store(),
         namespaces,
@@ -180,7 +181,7 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
         policies: objects(policy_events),
         namespaces: objects(ns_events),
     };
-    let binding_run = run_bindings(controller, triggers, index, shared.concurrency, ctx, stop);
+    let binding_run = run_bindings(controller, triggers, shared.concurrency, ctx, stop);
     futures::join!(binding_run, pool_run);
     shared.synced.store(false, Ordering::Release);
     tracing::info!("controller stopped");
@@ -198,7 +199,6 @@ struct Triggers<S, P, N> {
 async fn run_bindings<S, P, N>(
     controller: Controller<FederatedIdentityBinding>,
     triggers: Triggers<S, P, N>,
-    index: Arc<Mutex<BindingIndex>>,
     concurrency: u16,
     ctx: Arc<Context>,
     stop: CancellationToken,
@@ -208,6 +208,7 @@ async fn run_bindings<S, P, N>(
     N: Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
 {
     let bindings = ctx.stores.bindings.clone();
+    let index = ctx.stores.binding_index.clone();
     let pool_events = watcher(
         Api::<FederatedIdentityPool>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -280,15 +281,11 @@ fn context(shared: &Shared, client: Client, stores: Stores, leadership: Leadersh
     })
 }
 
-fn lock(index: &Mutex<BindingIndex>) -> std::sync::MutexGuard<'_, BindingIndex> {
-    index.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The bindings of a ServiceAccount.
 fn by_service_account(
-    index: Arc<Mutex<BindingIndex>>,
+    index: SharedBindingIndex,
 ) -> impl Fn(PartialObjectMeta<ServiceAccount>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |sa| lock(&index).of_service_account(&sa.namespace().unwrap_or_default(), &sa.name_any())
+    move |sa| index.of_service_account(&sa.namespace().unwrap_or_default(), &sa.name_any())
 }
 
 /// Every binding (a policy may grant or refuse any of them).
@@ -306,7 +303,7 @@ fn every_binding(
 
 /// The bindings of a namespace (its labels decide which policies apply).
 fn by_namespace(
-    index: Arc<Mutex<BindingIndex>>,
+    index: SharedBindingIndex,
 ) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |ns| lock(&index).of_namespace(&ns.name_any())
+    move |ns| index.of_namespace(&ns.name_any())
 }
