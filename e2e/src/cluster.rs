@@ -223,6 +223,39 @@ impl ControlPlane {
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd
     }
+
+    /// Runs kubectl with `args` and `input` on its stdin (`-f -`); what it printed and its exit
+    /// status, success or not.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .expect("kubectl's stdin")
+            .write_all(input.as_bytes())
+            .expect("write kubectl's stdin");
+        child.wait_with_output().expect("kubectl's output")
+    }
+}
+
+/// Deletes cluster-scoped object `kind/name` with kubectl, whether or not it exists, without
+/// waiting and ignoring failures: for `Drop`, which also runs while a test unwinds.
+pub fn delete_quietly(kubeconfig: &std::path::Path, kind: &str, name: &str) {
+    let _ = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["delete", kind, name, "--ignore-not-found", "--wait=false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A namespace of one test, deleted when dropped.

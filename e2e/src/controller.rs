@@ -484,19 +484,7 @@ impl PolicyGuard {
 
 impl Drop for PolicyGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "federatedidentitypolicy",
-                &self.name,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        crate::cluster::delete_quietly(&self.kubeconfig, "federatedidentitypolicy", &self.name);
     }
 }
 

@@ -338,17 +338,10 @@ impl Drop for WebhookProcess {
         if !self.owns_config {
             return;
         }
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        crate::cluster::delete_quietly(
+            &self.kubeconfig,
+            "mutatingwebhookconfiguration",
+            &self.config_name,
+        );
     }
 }

@@ -18,6 +18,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdenti
 use crate::{
     Error,
     azure::Azure,
+    binding_index::SharedBindingIndex,
     directory::Directory,
     events::Recorder,
     leader::Leadership,
@@ -55,6 +56,8 @@ pub struct Settings {
 pub struct Stores {
     /// Bindings.
     pub bindings: Store<FederatedIdentityBinding>,
+    /// Bindings by namespace and ServiceAccount, fed by the same watch as `bindings`.
+    pub binding_index: SharedBindingIndex,
     /// Policies.
     pub policies: Store<FederatedIdentityPolicy>,
     /// Pools.
@@ -92,6 +95,19 @@ impl Stores {
     /// A ServiceAccount from the cache.
     pub fn service_account(&self, namespace: &str, name: &str) -> Option<Arc<CachedServiceAccount>> {
         self.service_accounts.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The cached bindings naming ServiceAccount `name` of `namespace`.
+    pub fn bindings_of_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<Arc<FederatedIdentityBinding>> {
+        self.binding_index
+            .of_service_account(namespace, name)
+            .iter()
+            .filter_map(|r| self.bindings.get(r))
+            .collect()
     }
 
     /// A pool by name.

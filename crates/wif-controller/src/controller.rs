@@ -23,6 +23,7 @@ use wif_api::{FederatedIdentityBinding, FederatedIdentityPolicy, FederatedIdenti
 
 use crate::{
     azure::Azure,
+    binding_index::SharedBindingIndex,
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
     events::Recorder,
@@ -141,15 +142,23 @@ pub async fn run_term(shared: &Shared, leadership: Leadership, stop: Cancellatio
     // Cached without managedFields: nothing reads them, and at 10,000 bindings their decoded
     // JSON trees were most of the controller's memory.
     let (bindings, binding_writer) = reflector::store();
+    // The ServiceAccount and namespace triggers, and reconciles looking for the other bindings
+    // of a ServiceAccount, look them up here instead of scanning the cache.
+    let binding_index = SharedBindingIndex::default();
     let binding_events = watcher(bindings_api, watcher::Config::default())
         .default_backoff()
         .modify(|b| b.managed_fields_mut().clear())
         .reflect(binding_writer)
+        .inspect_ok({
+            let index = binding_index.clone();
+            move |event| index.apply(event)
+        })
         .applied_objects();
     let controller = Controller::for_stream(binding_events, bindings.clone());
     *shared.bindings.lock().unwrap_or_else(PoisonError::into_inner) = Some(bindings.clone());
     let stores = Stores {
         bindings,
+        binding_index,
         policies,
         pools: pools.store(),
         namespaces,
@@ -199,6 +208,7 @@ async fn run_bindings<S, P, N>(
     N: Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
 {
     let bindings = ctx.stores.bindings.clone();
+    let index = ctx.stores.binding_index.clone();
     let pool_events = watcher(
         Api::<FederatedIdentityPool>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -209,9 +219,9 @@ async fn run_bindings<S, P, N>(
         move |pool: FederatedIdentityPool| crate::pool::waiting_bindings(&store.state(), &pool)
     };
     controller
-        .watches_stream(triggers.service_accounts, by_service_account(bindings.clone()))
-        .watches_stream(triggers.policies, every_binding(bindings.clone()))
-        .watches_stream(triggers.namespaces, by_namespace(bindings))
+        .watches_stream(triggers.service_accounts, by_service_account(index.clone()))
+        .watches_stream(triggers.policies, every_binding(bindings))
+        .watches_stream(triggers.namespaces, by_namespace(index))
         .watches_stream(objects(pool_events), by_pool)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
@@ -273,17 +283,9 @@ fn context(shared: &Shared, client: Client, stores: Stores, leadership: Leadersh
 
 /// The bindings of a ServiceAccount.
 fn by_service_account(
-    store: Store<FederatedIdentityBinding>,
+    index: SharedBindingIndex,
 ) -> impl Fn(PartialObjectMeta<ServiceAccount>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |sa| {
-        let (ns, name) = (sa.namespace(), sa.name_any());
-        store
-            .state()
-            .iter()
-            .filter(|b| b.namespace() == ns && b.spec.service_account_name == name)
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
-    }
+    move |sa| index.of_service_account(&sa.namespace().unwrap_or_default(), &sa.name_any())
 }
 
 /// Every binding (a policy may grant or refuse any of them).
@@ -301,15 +303,7 @@ fn every_binding(
 
 /// The bindings of a namespace (its labels decide which policies apply).
 fn by_namespace(
-    store: Store<FederatedIdentityBinding>,
+    index: SharedBindingIndex,
 ) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    move |ns| {
-        let name = ns.name_any();
-        store
-            .state()
-            .iter()
-            .filter(|b| b.namespace().as_deref() == Some(name.as_str()))
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect()
-    }
+    move |ns| index.of_namespace(&ns.name_any())
 }

@@ -15,6 +15,7 @@
 //! [`run`] wires it all and runs until cancelled.
 
 pub mod azure;
+mod binding_index;
 mod conditions;
 mod config;
 mod context;

@@ -90,15 +90,6 @@ impl ContainerAdder {
 impl Drop for ContainerAdder {
     fn drop(&mut self) {
         self.stop.cancel();
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.name,
-                "--ignore-not-found",
-            ])
-            .output();
+        wif_e2e::cluster::delete_quietly(&self.kubeconfig, "mutatingwebhookconfiguration", &self.name);
     }
 }

@@ -189,11 +189,9 @@ async fn warnings_reach_the_client() {
     let (ns, _hook) = setup("warn").await;
     ns.service_account("bare", &[]).await;
     let manifest = serde_json::to_string(&labelled("web", "bare")).unwrap();
-    let out = kubectl_stdin(
-        &ns,
-        &["create", "-n", &ns.name, "-f", "-", "-o", "name"],
-        &manifest,
-    );
+    let out = ns
+        .cp
+        .kubectl_stdin(&["create", "-n", &ns.name, "-f", "-", "-o", "name"], &manifest);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -202,28 +200,12 @@ async fn warnings_reach_the_client() {
     );
 }
 
-pub fn kubectl_stdin(ns: &TestNs, args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = ns
-        .cp
-        .kubectl()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[tokio::test]
 #[ignore = "needs the test control plane and the wif binary (make e2e)"]
 async fn server_dry_run_returns_the_mutated_pod_and_stores_nothing() {
     let (ns, _hook) = setup("dryrun").await;
     let manifest = serde_json::to_string(&labelled("web", "api")).unwrap();
-    let out = kubectl_stdin(
-        &ns,
+    let out = ns.cp.kubectl_stdin(
         &[
             "create",
             "--dry-run=server",

@@ -30,6 +30,7 @@ use wif_emulator::{
 
 use crate::{
     azure::{Azure, AzureHttp, Parent, RetryConfig, TokenProvider, arm::ArmClient, graph::GraphClient},
+    binding_index::SharedBindingIndex,
     context::{Backoff, Context, Settings, Stores},
     directory::Directory,
     events::Recorder,
@@ -309,8 +310,11 @@ impl Harness {
             pools.apply_watcher_event(&watcher::Event::InitApply(p));
         }
         pools.apply_watcher_event(&watcher::Event::InitDone);
+        let bindings: Vec<FederatedIdentityBinding> =
+            std::iter::once(binding.clone()).chain(world.others).collect();
         let stores = Stores {
-            bindings: filled(std::iter::once(binding.clone()).chain(world.others).collect()),
+            binding_index: SharedBindingIndex::of(bindings.clone()),
+            bindings: filled(bindings),
             policies: filled(world.policies),
             pools: pools.as_reader(),
             namespaces: filled(vec![namespace]),

@@ -147,16 +147,13 @@ pub(super) fn sharing(
     b: &FederatedIdentityBinding,
     alive_only: bool,
 ) -> Vec<Arc<FederatedIdentityBinding>> {
-    let (ns, name) = (b.namespace(), b.name_any());
+    let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
     let wanted = audience(&ctx.settings, b);
     ctx.stores
-        .bindings
-        .state()
+        .bindings_of_service_account(&ns, &b.spec.service_account_name)
         .into_iter()
         .filter(|o| {
-            o.namespace() == ns
-                && o.spec.service_account_name == b.spec.service_account_name
-                && o.name_any() != name
+            o.name_any() != name
                 && (!alive_only || o.metadata.deletion_timestamp.is_none())
                 && audience(&ctx.settings, o) == wanted
         })

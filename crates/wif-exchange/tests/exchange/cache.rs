@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The token `cred` answers `o` with (the call must succeed).
+async fn token(cred: &wif_exchange::WorkloadIdentityCredential, o: &TokenRequestOptions) -> String {
+    cred.get_token(&[SCOPE], o)
+        .await
+        .unwrap()
+        .token()
+        .expose_secret()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_callers_on_a_cold_cache_make_one_request() {
     let server = TestServer::start(|n, _| {
@@ -33,14 +43,7 @@ async fn background_refresh_serves_the_cached_token_with_one_request() {
     })
     .await;
     let cred = server.credential();
-    assert_eq!(
-        cred.get_token(&[SCOPE], &opts())
-            .await
-            .unwrap()
-            .token()
-            .expose_secret(),
-        "token-1"
-    );
+    assert_eq!(token(&cred, &opts()).await, "token-1");
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Past refresh_on: 200 callers, all answered from the cache without waiting for the 500 ms
@@ -65,14 +68,7 @@ async fn background_refresh_serves_the_cached_token_with_one_request() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(server.count(), 2, "exactly one background refresh");
-    assert_eq!(
-        cred.get_token(&[SCOPE], &opts())
-            .await
-            .unwrap()
-            .token()
-            .expose_secret(),
-        "token-2"
-    );
+    assert_eq!(token(&cred, &opts()).await, "token-2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,14 +85,7 @@ async fn failed_background_refresh_keeps_serving_the_cached_token() {
     cred.get_token(&[SCOPE], &opts()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..20 {
-        assert_eq!(
-            cred.get_token(&[SCOPE], &opts())
-                .await
-                .unwrap()
-                .token()
-                .expose_secret(),
-            "token-1"
-        );
+        assert_eq!(token(&cred, &opts()).await, "token-1");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(server.count(), 2, "one failed refresh, then a back-off");
@@ -111,14 +100,7 @@ async fn cache_keys_separate_tenant_claims_and_cae() {
         .unwrap();
     let get = |o: TokenRequestOptions| {
         let cred = cred.clone();
-        async move {
-            cred.get_token(&[SCOPE], &o)
-                .await
-                .unwrap()
-                .token()
-                .expose_secret()
-                .to_owned()
-        }
+        async move { token(&cred, &o).await }
     };
     let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
     assert_eq!(get(opts()).await, "token-1");

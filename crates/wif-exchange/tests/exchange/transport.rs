@@ -16,10 +16,7 @@ async fn dead_endpoint_times_out_with_a_typed_error() {
     let start = Instant::now();
     let err = cred.get_token(&[SCOPE], &opts()).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
-    let Error::Transport { kind, attempts, .. } = &err else {
-        panic!("{err:?}")
-    };
-    assert_eq!((*kind, *attempts), (TransportErrorKind::Timeout, 2));
+    assert_eq!(transport(&err), (TransportErrorKind::Timeout, 2));
     assert_eq!(connections.load(Ordering::SeqCst), 2);
     assert!(err.hint().is_some());
     assert!(!format!("{err} {err:?}").contains(ASSERTION));
@@ -38,16 +35,7 @@ async fn slow_endpoint_times_out() {
     let start = Instant::now();
     let err = cred.get_token(&[SCOPE], &opts()).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert!(
-        matches!(
-            err,
-            Error::Transport {
-                kind: TransportErrorKind::Timeout,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(transport(&err).0, TransportErrorKind::Timeout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,87 +50,70 @@ async fn refused_connection_is_retried_then_typed() {
         .build()
         .unwrap();
     let err = cred.get_token(&[SCOPE], &opts()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Transport {
-                kind: TransportErrorKind::Connect,
-                attempts: 3,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(transport(&err), (TransportErrorKind::Connect, 3));
+}
+
+/// The kind and attempts of a transport error (any other error fails the test).
+fn transport(err: &Error) -> (TransportErrorKind, u32) {
+    let Error::Transport { kind, attempts, .. } = err else {
+        panic!("{err:?}")
+    };
+    (*kind, *attempts)
+}
+
+/// What a credential trusting `pki`, retrying `retries` times, gets from a server that answers
+/// `response` on every connection, and how many connections it made.
+async fn answered(pki: &Pki, response: &'static [u8], retries: u32) -> (Error, usize) {
+    let (authority, count) = raw_server(pki, response).await;
+    let err = builder_for(&authority)
+        .add_root_certificates_pem(pki.ca_pem.as_bytes())
+        .retry_policy(fast_retries(retries))
+        .build()
+        .unwrap()
+        .get_token(&[SCOPE], &opts())
+        .await
+        .unwrap_err();
+    (err, count.load(Ordering::SeqCst))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_malformed_answers_are_typed() {
     let pki = Pki::new();
-    let build = |authority: &str, retries| {
-        builder_for(authority)
-            .add_root_certificates_pem(pki.ca_pem.as_bytes())
-            .retry_policy(fast_retries(retries))
-            .build()
-            .unwrap()
-    };
 
     // Content-Length promises 500 bytes; the connection closes after 16.
-    let (authority, count) = raw_server(
+    let (err, count) = answered(
         &pki,
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"access_token\":",
+        1,
     )
     .await;
-    let err = build(&authority, 1)
-        .get_token(&[SCOPE], &opts())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Transport {
-                kind: TransportErrorKind::Body,
-                attempts: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(count.load(Ordering::SeqCst), 2, "a cut-off answer is retried");
+    assert_eq!(transport(&err), (TransportErrorKind::Body, 2));
+    assert_eq!(count, 2, "a cut-off answer is retried");
 
     // A complete 200 that is not a token response: not retried, body not quoted.
-    let (authority, count) = raw_server(
+    let (err, count) = answered(
         &pki,
         b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 26\r\nConnection: close\r\n\r\n<html>captive portal</html",
+        3,
     )
     .await;
-    let err = build(&authority, 3)
-        .get_token(&[SCOPE], &opts())
-        .await
-        .unwrap_err();
     assert!(
         matches!(err, Error::InvalidResponse { status: 200, .. }),
         "{err:?}"
     );
-    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(count, 1);
 
-    // Not HTTP at all.
-    let (authority, _) = raw_server(&pki, b"SSH-2.0-OpenSSH_9.6\r\n").await;
-    let err = build(&authority, 0)
-        .get_token(&[SCOPE], &opts())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    // Not HTTP at all: a transport error, of whatever kind.
+    let (err, _) = answered(&pki, b"SSH-2.0-OpenSSH_9.6\r\n", 0).await;
+    transport(&err);
 
     // 200 with a JSON error and no token.
-    let (authority, _) = raw_server(
+    let (err, _) = answered(
         &pki,
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 25\r\nConnection: close\r\n\r\n{\"error\":\"invalid_grant\"}",
+        0,
     )
     .await;
-    let err = build(&authority, 0)
-        .get_token(&[SCOPE], &opts())
-        .await
-        .unwrap_err();
     assert!(
         err.to_string()
             .contains("access_token is missing (error \"invalid_grant\")"),
@@ -158,17 +129,7 @@ async fn untrusted_certificate_is_a_tls_error_and_not_retried() {
         .build()
         .unwrap();
     let err = cred.get_token(&[SCOPE], &opts()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Transport {
-                kind: TransportErrorKind::Tls,
-                attempts: 1,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_eq!(transport(&err), (TransportErrorKind::Tls, 1));
     assert!(err.hint().is_some_and(|h| h.contains("SSL_CERT_FILE")));
     assert_eq!(server.count(), 0);
 }

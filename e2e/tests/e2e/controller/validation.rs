@@ -10,18 +10,7 @@ struct ValidatingConfig {
 
 impl Drop for ValidatingConfig {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "validatingwebhookconfiguration",
-                &self.name,
-                "--ignore-not-found",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        wif_e2e::cluster::delete_quietly(&self.kubeconfig, "validatingwebhookconfiguration", &self.name);
     }
 }
 

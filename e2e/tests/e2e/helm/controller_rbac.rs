@@ -83,29 +83,7 @@ async fn chart_rbac_lets_the_controller_make_a_binding_ready() {
             "spec": {"serviceAccountName": "api", "identity": {"application": {"clientId": CLIENT}}}})
         .to_string(),
     );
-    let mut ready = String::new();
-    for _ in 0..300 {
-        ready = kubectl(
-            &app,
-            &[
-                "get",
-                "-n",
-                &app.name,
-                "federatedidentitybinding",
-                "api",
-                "-o",
-                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
-            ],
-        );
-        if ready == "True" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        ready,
-        "True",
-        "binding not Ready:\n{}\n{}",
+    let binding = |output: &str| {
         kubectl(
             &app,
             &[
@@ -115,9 +93,16 @@ async fn chart_rbac_lets_the_controller_make_a_binding_ready() {
                 "federatedidentitybinding",
                 "api",
                 "-o",
-                "yaml"
-            ]
-        ),
+                output,
+            ],
+        )
+    };
+    let binding_yaml = || binding("yaml");
+    let ready = || binding(r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#) == "True";
+    assert!(
+        within_30s(ready).await,
+        "binding not Ready:\n{}\n{}",
+        binding_yaml(),
         controller.logs()
     );
     let sa = kubectl(
@@ -159,36 +144,32 @@ async fn chart_rbac_lets_the_controller_make_a_binding_ready() {
             "--wait=false",
         ],
     );
-    let mut gone = false;
-    for _ in 0..300 {
-        let left = kubectl(
-            &app,
-            &["get", "-n", &app.name, "federatedidentitybindings", "-o", "name"],
-        );
-        if left.trim().is_empty() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        gone,
-        "the controller did not release the deleted binding:\n{}\n{}",
+    let gone = || {
         kubectl(
             &app,
-            &[
-                "get",
-                "-n",
-                &app.name,
-                "federatedidentitybinding",
-                "api",
-                "-o",
-                "yaml"
-            ]
-        ),
+            &["get", "-n", &app.name, "federatedidentitybindings", "-o", "name"],
+        )
+        .trim()
+        .is_empty()
+    };
+    assert!(
+        within_30s(gone).await,
+        "the controller did not release the deleted binding:\n{}\n{}",
+        binding_yaml(),
         controller.logs()
     );
     kubectl(&app, &["delete", "federatedidentitypolicy", &policy]);
     drop(controller);
     release.uninstall();
+}
+
+/// Whether `done` holds within 30 seconds (asked every 100 ms).
+async fn within_30s(done: impl Fn() -> bool) -> bool {
+    for _ in 0..300 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

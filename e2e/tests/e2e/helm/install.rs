@@ -148,21 +148,7 @@ async fn install_upgrade_and_uninstall_through_the_api_server_and_the_chart_webh
     for _ in 0..50 {
         let out = app
             .cp
-            .kubectl()
-            .args(["apply", "-n", &app.name, "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(binding.to_string().as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
+            .kubectl_stdin(&["apply", "-n", &app.name, "-f", "-"], &binding.to_string());
         assert!(!out.status.success(), "an ungranted binding was accepted");
         refused = String::from_utf8_lossy(&out.stderr).into_owned();
         if refused.contains("denied the request") {

@@ -72,28 +72,15 @@ fn ensure_stub_crds(ns: &TestNs) {
 }
 
 fn kubectl(ns: &TestNs, args: &[&str]) -> String {
-    let out = ns.cp.kubectl().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(args, ns.cp.kubectl().args(args).output().unwrap())
 }
 
 fn kubectl_stdin(ns: &TestNs, args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    let mut child = ns
-        .cp
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    succeeded(args, ns.cp.kubectl_stdin(args, input))
+}
+
+/// What kubectl printed, which must have succeeded.
+fn succeeded(args: &[&str], out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",

@@ -144,23 +144,7 @@ fn fic_policy_and_binding(app_ns: &str, sa: &str, binding: &str, client: &str) -
 }
 
 fn kubectl_apply(node: &Node, obj: &Value) {
-    use std::io::Write;
-    let mut child = node
-        .cp
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(obj.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = node.cp.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string());
     assert!(
         out.status.success(),
         "kubectl apply {obj}: {}",

@@ -164,15 +164,6 @@ fn scopeguard(kubeconfig: std::path::PathBuf, name: String) -> ConfigGuard {
 
 impl Drop for ConfigGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.0)
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.1,
-                "--ignore-not-found",
-            ])
-            .output();
+        wif_e2e::cluster::delete_quietly(&self.0, "mutatingwebhookconfiguration", &self.1);
     }
 }

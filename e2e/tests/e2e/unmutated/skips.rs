@@ -4,11 +4,8 @@ use super::*;
 
 /// `kubectl create --dry-run=server` of `pod`: (stderr with the warnings, success).
 fn kubectl_dry_run(ns: &TestNs, pod: &Value) -> (String, bool) {
-    use std::io::Write;
-    let mut child = ns
-        .cp
-        .kubectl()
-        .args([
+    let out = ns.cp.kubectl_stdin(
+        &[
             "-n",
             &ns.name,
             "create",
@@ -17,19 +14,9 @@ fn kubectl_dry_run(ns: &TestNs, pod: &Value) -> (String, bool) {
             "name",
             "-f",
             "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pod.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        &pod.to_string(),
+    );
     (
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.success(),
