@@ -4,7 +4,7 @@
 //! comparisons, and a clone of the whole cache per event).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
@@ -19,8 +19,9 @@ use wif_api::FederatedIdentityBinding;
 struct Namespaced {
     /// Binding name → the ServiceAccount it names (to move or drop it on a change).
     account_of: HashMap<String, String>,
-    /// ServiceAccount → names of its bindings.
-    bindings_of: BTreeMap<String, BTreeSet<String>>,
+    /// (ServiceAccount, binding name), in order: one ordered set rather than a set per
+    /// ServiceAccount, whose nodes would hold room for 11 names to keep one.
+    links: BTreeSet<(String, String)>,
 }
 
 /// Bindings by namespace and ServiceAccount.
@@ -40,7 +41,7 @@ impl Entries {
             }
             entry.unlink(&old, &name);
         }
-        entry.bindings_of.entry(account.clone()).or_default().insert(name);
+        entry.links.insert((account.clone(), name));
     }
 
     fn remove(&mut self, b: &FederatedIdentityBinding) {
@@ -61,12 +62,15 @@ impl Entries {
 
 impl Namespaced {
     fn unlink(&mut self, account: &str, name: &str) {
-        if let Some(names) = self.bindings_of.get_mut(account) {
-            names.remove(name);
-            if names.is_empty() {
-                self.bindings_of.remove(account);
-            }
-        }
+        self.links.remove(&(account.to_owned(), name.to_owned()));
+    }
+
+    /// The names of `account`'s bindings, in order.
+    fn names_of<'a>(&'a self, account: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.links
+            .range((account.to_owned(), String::new())..)
+            .take_while(move |(a, _)| a == account)
+            .map(|(_, name)| name.as_str())
     }
 }
 
@@ -101,8 +105,7 @@ impl BindingIndex {
         self.current
             .namespaces
             .get(namespace)
-            .and_then(|n| n.bindings_of.get(name))
-            .map(|names| refs(namespace, names))
+            .map(|n| refs(namespace, n.names_of(name)))
             .unwrap_or_default()
     }
 
@@ -111,12 +114,7 @@ impl BindingIndex {
         self.current
             .namespaces
             .get(namespace)
-            .map(|n| {
-                n.bindings_of
-                    .values()
-                    .flat_map(|names| refs(namespace, names))
-                    .collect()
-            })
+            .map(|n| refs(namespace, n.links.iter().map(|(_, name)| name.as_str())))
             .unwrap_or_default()
     }
 
@@ -168,11 +166,11 @@ impl SharedBindingIndex {
     }
 }
 
-fn refs(namespace: &str, names: &BTreeSet<String>) -> Vec<ObjectRef<FederatedIdentityBinding>> {
-    names
-        .iter()
-        .map(|n| ObjectRef::new(n).within(namespace))
-        .collect()
+fn refs<'a>(
+    namespace: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Vec<ObjectRef<FederatedIdentityBinding>> {
+    names.map(|n| ObjectRef::new(n).within(namespace)).collect()
 }
 
 #[cfg(test)]
