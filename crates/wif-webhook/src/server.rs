@@ -147,6 +147,7 @@ struct Shedder {
     /// once, so a burst costs a few bytes per extra stream rather than a waiting task each.
     waiting: AtomicUsize,
     queue_timeout: Duration,
+    metrics: Arc<ConnMetrics>,
 }
 
 /// A request's slot; the in-flight gauge counts it until dropped.
@@ -162,18 +163,19 @@ impl Drop for Slot {
 }
 
 impl Shedder {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, metrics: Arc<ConnMetrics>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_in_flight)),
             max: limits.max_in_flight,
             waiting: AtomicUsize::new(0),
             queue_timeout: limits.queue_timeout,
+            metrics,
         }
     }
 
     /// A slot for one request, or the 429 answer when none frees up in time. A waiting request
     /// has not read its body, so waiting costs no more than HTTP/2's flow-control window.
-    async fn admit(&self, metrics: &Arc<ConnMetrics>) -> Result<Slot, Response> {
+    async fn admit(&self) -> Result<Slot, Response> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max => {
@@ -188,14 +190,14 @@ impl Shedder {
             }
         };
         let Some(permit) = permit else {
-            metrics.shed.inc();
+            self.metrics.shed.inc();
             tracing::debug!(max_in_flight = self.max, queue_timeout = ?self.queue_timeout, "overloaded: admission request shed");
             return Err(overloaded(self.max, self.queue_timeout));
         };
-        metrics.in_flight.inc();
+        self.metrics.in_flight.inc();
         Ok(Slot {
             _permit: permit,
-            metrics: metrics.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -295,7 +297,7 @@ pub async fn serve_tls_metered(
         acceptor: TlsAcceptor::from(certs.server_config(limits.http2)),
         router,
         builders: Builders::new(&limits),
-        shedder: Arc::new(Shedder::new(&limits)),
+        shedder: Arc::new(Shedder::new(&limits, metrics.clone())),
         metrics,
         stop: stop.clone(),
         handshake_timeout: limits.handshake_timeout,
@@ -366,20 +368,22 @@ impl Conn {
         let service = {
             let activity = activity.clone();
             let router = self.router.clone();
-            let (shedder, metrics) = (self.shedder.clone(), self.metrics.clone());
+            let shedder = self.shedder.clone();
             // HTTP/1.1 after stop: every response ends its connection (see `drive`).
             let stop = (protocol != Protocol::H2).then(|| self.stop.clone());
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let guard = activity.begin();
                 let call = router.clone().oneshot(req.map(Body::new));
-                let (stop, shedder, metrics) = (stop.clone(), shedder.clone(), metrics.clone());
+                let (stop, shedder) = (stop.clone(), shedder.clone());
                 async move {
-                    let slot = match shedder.admit(&metrics).await {
-                        Ok(slot) => slot,
-                        Err(overloaded) => return Ok(overloaded),
+                    let mut response = match shedder.admit().await {
+                        Ok(slot) => {
+                            let response = call.await;
+                            drop(slot);
+                            response
+                        }
+                        Err(overloaded) => Ok(overloaded),
                     };
-                    let mut response = call.await;
-                    drop(slot);
                     if stop.is_some_and(|s| s.is_cancelled())
                         && let Ok(response) = response.as_mut()
                     {
